@@ -1,0 +1,45 @@
+# The two commands that matter are `make demo` and `make test`; .ci/run calls `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+
+.PHONY: venv test test-unit test-cluster test-worker lint demo sandbox-build clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,quantizer]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Builds the pinned control-plane binaries once into ~/.cache/qmo (a warm cache does not rebuild).
+sandbox-build: venv
+	$(PY) -m qmo sandbox build
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests benchmarks
+	$(VENV)/bin/ruff format --check operator tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# Everything: lint, pure unit tests, the quantizer on CPU, and the real control plane.
+test: venv lint sandbox-build
+	$(PY) -m pytest tests
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test-worker: venv
+	$(PY) -m pytest tests/worker
+
+test-cluster: sandbox-build
+	$(PY) -m pytest tests/cluster
+
+# The operator's main job on the local sandbox: fake GPU nodes, an example QuantizedModel going to Ready.
+demo: sandbox-build
+	$(PY) -m qmo sandbox demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
