@@ -1,0 +1,371 @@
+"""The ``QuantizedModel`` resource: what a user asks for (spec) and what qmo reports back (status)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from qmo.api.base import (
+    DNS_SUBDOMAIN,
+    ApiModel,
+    Condition,
+    LocalObjectReference,
+    PassThroughObject,
+    SecretKeyReference,
+)
+
+QuantizationMethod = Literal[
+    "awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4", "bitsandbytes-nf4", "none", "prequantized"
+]
+QuantizationBackend = Literal["llm-compressor", "autoawq", "autogptq"]
+KvCacheDtype = Literal["auto", "fp8", "bfloat16", "float16"]
+Phase = Literal["Pending", "Planning", "Quantizing", "Deploying", "Ready", "Degraded", "Failed"]
+
+# Methods whose weights vLLM quantizes while loading (or that are already quantized): no Job runs.
+METHODS_WITHOUT_JOB: frozenset[str] = frozenset({"none", "prequantized", "bitsandbytes-nf4"})
+
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.25.1"
+DEFAULT_QUANTIZER_IMAGE = "ghcr.io/qmo-dev/quantizer:0.1.0"
+
+
+class HuggingFaceSource(ApiModel):
+    """A model on the Hugging Face hub (or a mirror the operator's HF_ENDPOINT points to)."""
+
+    repo: str = Field(
+        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$"
+    )
+    """Repository id, e.g. meta-llama/Llama-3.1-8B-Instruct."""
+    revision: str = Field(default="main", min_length=1, max_length=200)
+    """Branch, tag or commit. Resolved once to a commit sha, recorded in status.resolvedRevision."""
+    token_secret_ref: SecretKeyReference | None = None
+    """Secret in this namespace holding an access token for gated models. Mounted only into the quantize Job."""
+
+
+class PvcSource(ApiModel):
+    """A model already on a PersistentVolumeClaim in this namespace."""
+
+    claim_name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
+    """Name of the PersistentVolumeClaim, in the QuantizedModel's namespace."""
+    path: str = Field(default="/", max_length=1024, pattern=r"^/([^.]|\.[^.]|\.$)*$")
+    """Directory inside the claim holding config.json and the weights (no '..')."""
+
+
+class ModelSource(ApiModel):
+    """Where the unquantized (or pre-quantized) model comes from. Exactly one of the fields is set."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.huggingface) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1",
+                    "message": "exactly one of spec.source.huggingface or spec.source.pvc must be set",
+                }
+            ]
+        }
+    }
+
+    huggingface: HuggingFaceSource | None = None
+    """Download from the Hugging Face hub."""
+    pvc: PvcSource | None = None
+    """Read from a PersistentVolumeClaim in this namespace."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.huggingface is None) == (self.pvc is None):
+            raise ValueError("exactly one of spec.source.huggingface or spec.source.pvc must be set")
+        return self
+
+
+class CalibrationSpec(ApiModel):
+    """Calibration data for methods that need it (AWQ, GPTQ, W8A8). At most one data source is set."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.dataset) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0)"
+                    " + (has(self.pvc) ? 1 : 0) <= 1",
+                    "message": "set at most one of dataset, configMapRef or pvc",
+                }
+            ]
+        }
+    }
+
+    dataset: str | None = Field(default=None, max_length=200)
+    """A Hugging Face dataset id (default when nothing is set: the quantizer's built-in choice)."""
+    config_map_ref: LocalObjectReference | None = None
+    """A ConfigMap in this namespace whose values are calibration texts."""
+    pvc: PvcSource | None = None
+    """A JSONL file (one {"text": ...} per line) on a PersistentVolumeClaim in this namespace."""
+    samples: int = Field(default=256, ge=1, le=65536)
+    """Number of calibration samples."""
+    sequence_length: int = Field(default=2048, ge=16, le=131072)
+    """Tokens per calibration sample."""
+
+
+class QuantizationSpec(ApiModel):
+    """How to quantize the weights. Together with the resolved source it makes the artifact's content key."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.bits) || self.method in ['awq', 'gptq', 'w8a8', 'prequantized']",
+                    "message": "bits applies only to methods awq, gptq and w8a8",
+                },
+                {
+                    "rule": "self.method != 'awq' || !has(self.bits) || self.bits == 4",
+                    "message": "awq supports bits 4 only",
+                },
+                {
+                    "rule": "self.method != 'w8a8' || !has(self.bits) || self.bits == 8",
+                    "message": "w8a8 supports bits 8 only",
+                },
+                {
+                    "rule": "self.backend != 'autoawq' || self.method == 'awq'",
+                    "message": "backend autoawq supports method awq only",
+                },
+                {
+                    "rule": "self.backend != 'autogptq' || self.method == 'gptq'",
+                    "message": "backend autogptq supports method gptq only",
+                },
+            ]
+        }
+    }
+
+    method: QuantizationMethod
+    """awq, gptq, w8a8 (SmoothQuant+GPTQ int8), fp8 / fp8-dynamic, nvfp4, bitsandbytes-nf4 (in-flight in
+    vLLM, no Job), none (serve 16-bit), prequantized (the source already carries a quantization_config)."""
+    bits: Literal[4, 8] | None = None
+    """Weight bits: 4 (awq, gptq) or 8 (gptq, w8a8). Default: 4 for awq/gptq, 8 for w8a8."""
+    group_size: Literal[-1, 32, 64, 128] = 128
+    """Quantization group size along the input dimension; -1 means per-channel."""
+    symmetric: bool | None = None
+    """Symmetric quantization (no zero points). Default: method's own (awq asymmetric, gptq symmetric)."""
+    act_order: bool = False
+    """GPTQ activation ordering (better accuracy, g_idx stored)."""
+    dampening: float = Field(default=0.01, gt=0, le=1)
+    """GPTQ Hessian dampening fraction."""
+    backend: QuantizationBackend = "llm-compressor"
+    """llm-compressor (maintained); autoawq / autogptq run in the legacy image (archived upstream)."""
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    """Calibration data for awq, gptq and w8a8."""
+    ignore: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=lambda: ["lm_head"], max_length=64
+    )
+    """Module names or re: patterns kept in full precision."""
+
+    @model_validator(mode="after")
+    def _compatible(self) -> QuantizationSpec:
+        if self.bits is not None and self.method not in ("awq", "gptq", "w8a8", "prequantized"):
+            raise ValueError("spec.quantization.bits applies only to methods awq, gptq and w8a8")
+        if self.method == "awq" and self.bits not in (None, 4):
+            raise ValueError("spec.quantization.bits: awq supports 4 only")
+        if self.method == "w8a8" and self.bits not in (None, 8):
+            raise ValueError("spec.quantization.bits: w8a8 supports 8 only")
+        if self.backend == "autoawq" and self.method != "awq":
+            raise ValueError("spec.quantization.backend: autoawq supports method awq only")
+        if self.backend == "autogptq" and self.method != "gptq":
+            raise ValueError("spec.quantization.backend: autogptq supports method gptq only")
+        return self
+
+    @property
+    def effective_bits(self) -> int | None:
+        if self.bits is not None:
+            return self.bits
+        return {"awq": 4, "gptq": 4, "w8a8": 8}.get(self.method)
+
+    @property
+    def needs_job_to_quantize(self) -> bool:
+        return self.method not in METHODS_WITHOUT_JOB
+
+
+TensorParallelSize = Annotated[
+    Literal["auto"] | int,
+    Field(
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == string ? self == 'auto' : (self >= 1 && self <= 64)",
+                    "message": "must be 'auto' or an integer from 1 to 64",
+                }
+            ],
+        }
+    ),
+]
+
+
+class ServingSpec(ApiModel):
+    """How to serve the model with vLLM. The planner fills what is left on auto."""
+
+    gpu_class: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
+    """Name of a GPUClass (cluster-scoped), or of a built-in catalog entry such as h100-80gb."""
+    replicas: int = Field(default=1, ge=0, le=1000)
+    """Number of vLLM replicas (scale subresource)."""
+    max_model_len: int | None = Field(default=None, ge=16, le=10_485_760)
+    """Context length to serve. Default: the model's max_position_embeddings."""
+    concurrency: int | None = Field(default=None, ge=1, le=4096)
+    """Target concurrent sequences at full context; the planner picks a size where the KV cache holds them."""
+    kv_cache_dtype: KvCacheDtype = "auto"
+    """auto lets the planner choose fp8 where the GPU supports it and more capacity is needed."""
+    tensor_parallel_size: TensorParallelSize = "auto"
+    """auto (smallest that fits) or a fixed number of GPUs per replica."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.05, le=0.99)
+    """Fraction of each GPU's total memory vLLM may use."""
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
+    """vLLM --max-num-seqs. Default: from concurrency, else vLLM's 256."""
+    max_num_batched_tokens: int | None = Field(default=None, ge=16, le=1_048_576)
+    """vLLM --max-num-batched-tokens. Default: vLLM's own rule."""
+    image: str = Field(default=DEFAULT_VLLM_IMAGE, max_length=512)
+    """vLLM OpenAI server image."""
+    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=list, max_length=64)
+    """Arguments appended to the planned vLLM arguments (they override planned ones vLLM parses later)."""
+    resources: PassThroughObject | None = None
+    """CPU/memory requests and limits for the vLLM container; GPUs are set from the plan."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Extra node labels, merged over the GPUClass's."""
+    tolerations: list[PassThroughObject] = Field(default_factory=list)
+    """Extra tolerations, added to the GPUClass's."""
+    affinity: PassThroughObject | None = None
+    """Pod affinity/anti-affinity for the vLLM pods."""
+    allow_surge: bool = False
+    """Allow one extra replica during a rollout (needs spare GPUs); otherwise roll one down, then up."""
+
+
+CacheSize = Annotated[
+    int | str,
+    Field(
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int || self == 'auto' || isQuantity(self)",
+                    "message": "must be 'auto' or a quantity such as 200Gi",
+                }
+            ],
+        }
+    ),
+]
+
+
+class CacheSpec(ApiModel):
+    """The PersistentVolumeClaim that caches quantized weights, shared by every model in the namespace."""
+
+    storage_class_name: str | None = Field(default=None, max_length=253)
+    """StorageClass of the cache claim. Default: the cluster default."""
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = "ReadWriteMany"
+    """ReadWriteMany lets every replica on every node mount the same weights."""
+    size: CacheSize = "auto"
+    """Claim size; auto = the planner's checkpoint size plus the source download, with headroom."""
+
+
+class QuantizeJobSpec(ApiModel):
+    """Settings of the quantize Job (only for methods that need one)."""
+
+    image: str = Field(default=DEFAULT_QUANTIZER_IMAGE, max_length=512)
+    """Quantizer image (llm-compressor; the legacy image for autoawq/autogptq)."""
+    resources: PassThroughObject | None = None
+    """CPU/memory for the quantizer; GPUs come from the plan."""
+    active_deadline_seconds: int = Field(default=21600, ge=60, le=7 * 24 * 3600)
+    """Hard time limit of the Job."""
+    backoff_limit: int = Field(default=2, ge=0, le=20)
+    """Retries of a failed quantize pod."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Extra node labels for the quantize pod."""
+    tolerations: list[PassThroughObject] = Field(default_factory=list)
+    """Extra tolerations for the quantize pod."""
+
+
+class QuantizedModelSpec(ApiModel):
+    """A model to quantize and serve."""
+
+    source: ModelSource
+    """Where the model comes from."""
+    quantization: QuantizationSpec
+    """How to quantize it."""
+    serving: ServingSpec
+    """How to serve it."""
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    """Where quantized weights are cached."""
+    quantize_job: QuantizeJobSpec = Field(default_factory=QuantizeJobSpec)
+    """The quantize Job's settings."""
+
+
+class PlanStatus(ApiModel):
+    """The serving plan the planner chose, with its numbers (per GPU, GiB = 2^30 bytes)."""
+
+    gpu_class: str
+    """GPUClass the plan was made for."""
+    gpu_memory_gib: float
+    """Total memory of one GPU as CUDA reports it."""
+    tensor_parallel_size: int
+    """GPUs per replica."""
+    dtype: str
+    """vLLM --dtype."""
+    kv_cache_dtype: str
+    """vLLM --kv-cache-dtype."""
+    max_model_len: int
+    """vLLM --max-model-len."""
+    max_num_seqs: int
+    """vLLM --max-num-seqs."""
+    weights_gib_per_gpu: float
+    """Weight memory per GPU."""
+    kv_cache_gib_per_gpu: float
+    """KV-cache memory per GPU."""
+    overhead_gib_per_gpu: float
+    """Activations, CUDA graphs and non-torch memory per GPU."""
+    kv_cache_tokens: int
+    """Tokens the KV cache holds."""
+    max_concurrency: float
+    """Sequences at max_model_len the KV cache holds at once."""
+    checkpoint_bytes: int
+    """Size of the quantized checkpoint on disk."""
+    vllm_args: list[str]
+    """The arguments the vLLM container runs with."""
+
+
+class ArtifactStatusRef(ApiModel):
+    """The ModelArtifact this model uses."""
+
+    name: str
+    """ModelArtifact name (namespace-local)."""
+    key: str
+    """Content key: sha256 of the canonical (source@sha, recipe)."""
+    phase: str | None = None
+    """The artifact's phase, mirrored for kubectl."""
+
+
+class QuantizedModelStatus(ApiModel):
+    """What qmo observed and decided. Written only by the operator."""
+
+    phase: Phase = "Pending"
+    """Pending, Planning, Quantizing, Deploying, Ready, Degraded or Failed."""
+    message: str | None = None
+    """Why the model is in this phase, with numbers for planning failures."""
+    observed_generation: int | None = None
+    """The .metadata.generation last reconciled."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Planned, WeightsReady, Deployed, Available."""
+    resolved_revision: str | None = None
+    """Commit sha the source revision resolved to."""
+    plan: PlanStatus | None = None
+    """The serving plan."""
+    artifact: ArtifactStatusRef | None = None
+    """The ModelArtifact in use."""
+    endpoint: str | None = None
+    """OpenAI-compatible base URL inside the cluster."""
+    replicas: int = 0
+    """Replicas that exist (scale subresource)."""
+    ready_replicas: int = 0
+    """Replicas that are ready."""
+    ready: str = "0/0"
+    """ready/desired, for kubectl's READY column."""
+    selector: str | None = None
+    """Label selector of the serving pods (scale subresource, HPA)."""
+
+
+def parse_spec(spec: dict[str, Any]) -> QuantizedModelSpec:
+    """Validate a stored spec. Raises pydantic.ValidationError with field paths relative to spec."""
+    return QuantizedModelSpec.model_validate(spec)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from qmo.api.crds import render_crds, to_structural
+from qmo.api.quantizedmodel import QuantizedModelSpec, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def minimal_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"huggingface": {"repo": "meta-llama/Llama-3.1-8B"}},
+        "quantization": {"method": "awq"},
+        "serving": {"gpuClass": "h100-80gb"},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def test_generated_crds_match_the_committed_files() -> None:
+    for name, text in render_crds().items():
+        committed = (REPO / "crds" / name).read_text()
+        assert committed == text, f"crds/{name} drifted from operator/qmo/api; run `qmo crds`"
+
+
+def test_minimal_spec_gets_the_documented_defaults() -> None:
+    spec = parse_spec(minimal_spec())
+    assert spec.serving.replicas == 1
+    assert spec.serving.tensor_parallel_size == "auto"
+    assert spec.quantization.effective_bits == 4
+    assert spec.quantization.group_size == 128
+    assert spec.cache.access_mode == "ReadWriteMany"
+    assert spec.source.huggingface is not None and spec.source.huggingface.revision == "main"
+
+
+def test_wire_form_round_trips_with_camel_case_keys() -> None:
+    spec = parse_spec(minimal_spec(serving={"gpuClass": "l4", "maxModelLen": 4096, "tensorParallelSize": 2}))
+    wire = spec.to_wire()
+    assert wire["serving"]["maxModelLen"] == 4096
+    assert QuantizedModelSpec.model_validate(wire) == spec
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path_fragment"),
+    [
+        ({"source": {}}, "source"),
+        (
+            {"source": {"huggingface": {"repo": "a/b"}, "pvc": {"claimName": "x"}}},
+            "source",
+        ),
+        ({"quantization": {"method": "awq", "bits": 8}}, "quantization"),
+        ({"quantization": {"method": "fp8", "bits": 4}}, "quantization"),
+        ({"quantization": {"method": "gptq", "backend": "autoawq"}}, "quantization"),
+        ({"quantization": {"method": "int3"}}, "quantization.method"),
+        ({"serving": {"gpuClass": "h100", "replicas": -1}}, "serving.replicas"),
+        ({"serving": {"gpuClass": "h100", "tensorParallelSize": "many"}}, "serving.tensorParallelSize"),
+        ({"serving": {"gpuClass": "h100", "gpuMemoryUtilization": 1.5}}, "serving.gpuMemoryUtilization"),
+        ({"serving": {"gpuClass": "h100", "typo": 1}}, "serving.typo"),
+    ],
+)
+def test_invalid_specs_name_the_field(overrides: dict[str, Any], path_fragment: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        parse_spec(minimal_spec(**overrides))
+    locations = [".".join(str(part) for part in e["loc"]) for e in error.value.errors()]
+    assert any(path_fragment in location for location in locations), locations
+
+
+def test_structural_schema_has_no_refs_nulls_or_unions() -> None:
+    text = str(to_structural(QuantizedModelSpec))
+    for forbidden in ("$ref", "anyOf", "'null'", "additionalProperties': False", "title"):
+        assert forbidden not in text
+
+
+def test_int_or_string_fields_carry_their_cel_rules() -> None:
+    serving = to_structural(QuantizedModelSpec)["properties"]["serving"]["properties"]
+    tp = serving["tensorParallelSize"]
+    assert tp["x-kubernetes-int-or-string"] is True
+    assert "auto" in tp["x-kubernetes-validations"][0]["rule"]
+    assert "type" not in tp
