@@ -22,9 +22,6 @@ QuantizationBackend = Literal["llm-compressor", "autoawq", "autogptq"]
 KvCacheDtype = Literal["auto", "fp8", "bfloat16", "float16"]
 Phase = Literal["Pending", "Planning", "Quantizing", "Deploying", "Ready", "Degraded", "Failed"]
 
-# Methods whose weights vLLM quantizes while loading (or that are already quantized): no Job runs.
-METHODS_WITHOUT_JOB: frozenset[str] = frozenset({"none", "prequantized", "bitsandbytes-nf4"})
-
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.25.1"
 DEFAULT_QUANTIZER_IMAGE = "ghcr.io/qmo-dev/quantizer:0.1.0"
 
@@ -171,14 +168,12 @@ class QuantizationSpec(ApiModel):
         return self
 
     @property
-    def effective_bits(self) -> int | None:
+    def effective_bits(self) -> Literal[4, 8] | None:
         if self.bits is not None:
             return self.bits
-        return {"awq": 4, "gptq": 4, "w8a8": 8}.get(self.method)
-
-    @property
-    def needs_job_to_quantize(self) -> bool:
-        return self.method not in METHODS_WITHOUT_JOB
+        if self.method in ("awq", "gptq"):
+            return 4
+        return 8 if self.method == "w8a8" else None
 
 
 TensorParallelSize = Annotated[

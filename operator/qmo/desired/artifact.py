@@ -1,0 +1,319 @@
+"""The artifact side: the content key, the ModelArtifact, the cache claim, the quantize and evict Jobs.
+
+An artifact is identified by what it contains: the source pinned to a commit and the normalised recipe.
+Normalising first (defaults made explicit, knobs a method ignores dropped) means two specs that would
+produce the same bytes get the same key, and therefore share one Job and one copy in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
+from qmo.api.base import API_VERSION
+from qmo.api.quantizedmodel import CalibrationSpec, ModelSource, QuantizationSpec
+from qmo.desired.common import (
+    RESTRICTED_CONTAINER_SECURITY,
+    RESTRICTED_POD_SECURITY,
+    Manifest,
+    Owner,
+    gpu_resources,
+)
+from qmo.desired.names import (
+    CACHE_CLAIM_NAME,
+    CACHE_MOUNT_PATH,
+    LABEL_ARTIFACT,
+    LABEL_ARTIFACT_KEY,
+    common_labels,
+    evict_job_name,
+    key_label,
+    quantize_job_name,
+)
+
+GIB = 2**30
+_CALIBRATED = frozenset({"awq", "gptq", "w8a8", "nvfp4"})
+_DEFAULT_SYMMETRIC = {"awq": False, "gptq": True, "w8a8": True}
+SOURCE_MOUNT_PATH = "/source"
+CALIBRATION_MOUNT_PATH = "/calibration"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def artifact_recipe(quantization: QuantizationSpec) -> QuantizationSpec:
+    """The recipe as the artifact stores it: explicit defaults, irrelevant knobs at their defaults."""
+    method = quantization.method
+    if method in ("none", "prequantized", "bitsandbytes-nf4"):
+        # bitsandbytes quantizes while vLLM loads: the cache holds the 16-bit source, like `none`.
+        return QuantizationSpec(method="prequantized" if method == "prequantized" else "none", ignore=[])
+    calibration = quantization.calibration if method in _CALIBRATED else CalibrationSpec()
+    return QuantizationSpec(
+        method=method,
+        bits=quantization.effective_bits,
+        group_size=quantization.group_size if method in ("awq", "gptq", "w8a8") else 128,
+        symmetric=(
+            quantization.symmetric if quantization.symmetric is not None else _DEFAULT_SYMMETRIC.get(method)
+        ),
+        act_order=quantization.act_order if method in ("gptq", "w8a8") else False,
+        dampening=quantization.dampening if method in ("gptq", "w8a8") else 0.01,
+        backend=quantization.backend,
+        calibration=calibration,
+        ignore=sorted(set(quantization.ignore)),
+    )
+
+
+def key_source(source: ModelSource) -> dict[str, Any]:
+    """The part of the source that determines the bytes: never the token (same bytes whoever reads them)."""
+    if source.huggingface is not None:
+        return {"huggingface": {"repo": source.huggingface.repo, "revision": source.huggingface.revision}}
+    assert source.pvc is not None
+    return {"pvc": source.pvc.to_wire()}
+
+
+def content_key(source: ModelSource, recipe: QuantizationSpec) -> str:
+    """sha256 of the canonical JSON of (pinned source, normalised recipe)."""
+    canonical = json.dumps(
+        {"source": key_source(source), "recipe": recipe.to_wire()}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def source_slug(source: ModelSource) -> str:
+    if source.huggingface is not None:
+        return source.huggingface.repo.rsplit("/", 1)[-1]
+    assert source.pvc is not None
+    return source.pvc.claim_name
+
+
+def cache_claim_size_bytes(checkpoint_bytes: int, source_bytes: int) -> int:
+    """Room for the source download and the result, with 20% headroom, in whole GiB, at least 10 GiB."""
+    return max(10, math.ceil((checkpoint_bytes + source_bytes) * 1.2 / GIB)) * GIB
+
+
+def build_cache_claim(
+    *, namespace: str, size_bytes: int, storage_class: str | None, access_mode: str
+) -> Manifest:
+    spec: Manifest = {
+        "accessModes": [access_mode],
+        "resources": {"requests": {"storage": f"{size_bytes // GIB}Gi"}},
+    }
+    if storage_class is not None:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": CACHE_CLAIM_NAME,
+            "namespace": namespace,
+            "labels": common_labels(component="cache", instance=CACHE_CLAIM_NAME),
+        },
+        "spec": spec,
+    }
+
+
+def build_model_artifact(
+    *, name: str, namespace: str, spec: ModelArtifactSpec, users: list[Owner]
+) -> Manifest:
+    """The ModelArtifact; every model using it holds a non-controller ownerReference (GC on last user)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelArtifact",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                **common_labels(component="artifact", instance=name),
+                LABEL_ARTIFACT_KEY: key_label(spec.key),
+            },
+            "ownerReferences": [user.reference(controller=False) for user in users],
+        },
+        "spec": spec.to_wire(),
+    }
+
+
+def quantize_args(spec: ModelArtifactSpec) -> list[str]:
+    """The worker's command line (DESIGN §7); the flags are the `qmo quantize` contract."""
+    recipe = spec.recipe
+    out = f"{CACHE_MOUNT_PATH}/{spec.path}"
+    args = ["--method", recipe.method, "--out", out, "--key", spec.key, "--termination-log", TERMINATION_LOG]
+    if spec.source.huggingface is not None:
+        args += ["--hf-repo", spec.source.huggingface.repo, "--revision", spec.source.huggingface.revision]
+    else:
+        assert spec.source.pvc is not None
+        args += ["--source", f"{SOURCE_MOUNT_PATH}/{spec.source.pvc.path.strip('/')}".rstrip("/")]
+    if recipe.method in ("none", "prequantized"):
+        return args
+    args += ["--backend", recipe.backend]
+    if recipe.bits is not None:
+        args += ["--bits", str(recipe.bits)]
+    if recipe.method in ("awq", "gptq", "w8a8"):
+        args += ["--group-size", str(recipe.group_size)]
+        args += ["--symmetric" if recipe.symmetric else "--asymmetric"]
+    if recipe.method in ("gptq", "w8a8"):
+        args += ["--dampening", repr(recipe.dampening)]
+        if recipe.act_order:
+            args.append("--act-order")
+    if recipe.method in _CALIBRATED:
+        calibration = recipe.calibration
+        if calibration.config_map_ref is not None:
+            args += ["--calibration-dir", CALIBRATION_MOUNT_PATH]
+        elif calibration.pvc is not None:
+            args += ["--calibration-jsonl", f"{CALIBRATION_MOUNT_PATH}/{calibration.pvc.path.strip('/')}"]
+        elif calibration.dataset is not None:
+            args += ["--calibration-dataset", calibration.dataset]
+        args += [
+            "--calibration-samples",
+            str(calibration.samples),
+            "--calibration-seq-len",
+            str(calibration.sequence_length),
+        ]
+    for pattern in recipe.ignore:
+        args += ["--ignore", pattern]
+    return args
+
+
+def _job(
+    *,
+    name: str,
+    namespace: str,
+    artifact: Owner,
+    key: str,
+    component: str,
+    job: ArtifactJobSpec,
+    container: Manifest,
+    volumes: list[Manifest],
+    gpus: int,
+    backoff_limit: int,
+    deadline: int,
+) -> Manifest:
+    labels = {
+        **common_labels(component=component, instance=artifact.name),
+        LABEL_ARTIFACT: artifact.name,
+        LABEL_ARTIFACT_KEY: key_label(key),
+    }
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": RESTRICTED_POD_SECURITY,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if gpus > 0:
+        if job.node_selector:
+            pod_spec["nodeSelector"] = dict(sorted(job.node_selector.items()))
+        if job.tolerations:
+            pod_spec["tolerations"] = list(job.tolerations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [artifact.reference(controller=True)],
+        },
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "activeDeadlineSeconds": deadline,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def build_quantize_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSpec) -> Manifest:
+    """The Job that fills /cache/<key> (quantizing, or only copying for none/prequantized)."""
+    job = spec.job
+    volumes: list[Manifest] = [
+        {"name": "cache", "persistentVolumeClaim": {"claimName": spec.cache_claim_name}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[Manifest] = [
+        {"name": "cache", "mountPath": CACHE_MOUNT_PATH},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    env: list[Manifest] = [
+        {"name": "HOME", "value": "/tmp"},
+        # Downloads land in the cache volume, so a retried Job does not download twice.
+        {"name": "HF_HOME", "value": f"{CACHE_MOUNT_PATH}/.hf-home"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    source = spec.source
+    if source.huggingface is not None and source.huggingface.token_secret_ref is not None:
+        secret = source.huggingface.token_secret_ref
+        # The token reaches only this container, as an env var from the Secret: never in args or status.
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}
+        )
+    if source.pvc is not None:
+        volumes.append(
+            {
+                "name": "source",
+                "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "source", "mountPath": SOURCE_MOUNT_PATH, "readOnly": True})
+    calibration = spec.recipe.calibration
+    if spec.recipe.method in _CALIBRATED:
+        if calibration.config_map_ref is not None:
+            volumes.append({"name": "calibration", "configMap": {"name": calibration.config_map_ref.name}})
+            mounts.append({"name": "calibration", "mountPath": CALIBRATION_MOUNT_PATH, "readOnly": True})
+        elif calibration.pvc is not None:
+            volumes.append(
+                {
+                    "name": "calibration",
+                    "persistentVolumeClaim": {"claimName": calibration.pvc.claim_name, "readOnly": True},
+                }
+            )
+            mounts.append({"name": "calibration", "mountPath": CALIBRATION_MOUNT_PATH, "readOnly": True})
+    container: Manifest = {
+        "name": "quantize",
+        "image": job.image,
+        "command": ["qmo", "quantize"],
+        "args": quantize_args(spec),
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": gpu_resources(job.resources, resource_name=job.gpu_resource_name, gpus=job.gpus),
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return _job(
+        name=quantize_job_name(artifact.name),
+        namespace=namespace,
+        artifact=artifact,
+        key=spec.key,
+        component="quantizer",
+        job=job,
+        container=container,
+        volumes=volumes,
+        gpus=job.gpus,
+        backoff_limit=job.backoff_limit,
+        deadline=job.active_deadline_seconds,
+    )
+
+
+def build_evict_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSpec) -> Manifest:
+    """The Job the artifact's finalizer runs to delete its files (no shell: the paths are hex keys)."""
+    out = f"{CACHE_MOUNT_PATH}/{spec.path}"
+    container: Manifest = {
+        "name": "evict",
+        "image": spec.job.image,
+        "command": ["rm", "-rf", "--", out, f"{out}.partial"],
+        "volumeMounts": [{"name": "cache", "mountPath": CACHE_MOUNT_PATH}],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+    }
+    return _job(
+        name=evict_job_name(artifact.name),
+        namespace=namespace,
+        artifact=artifact,
+        key=spec.key,
+        component="evictor",
+        job=spec.job,
+        container=container,
+        volumes=[{"name": "cache", "persistentVolumeClaim": {"claimName": spec.cache_claim_name}}],
+        gpus=0,
+        backoff_limit=3,
+        deadline=600,
+    )

@@ -1,0 +1,75 @@
+"""Pieces every builder shares: the restricted pod security context, placement, owner references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Manifest = dict[str, Any]
+
+# Non-root, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp: the `restricted`
+# Pod Security level, so qmo's pods run in namespaces that enforce it.
+RESTRICTED_POD_SECURITY: Manifest = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER_SECURITY: Manifest = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where GPU pods go: the GPUClass's nodes, plus what the user added on the resource."""
+
+    resource_name: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[Manifest, ...] = ()
+
+    def merged(self, node_selector: dict[str, str], tolerations: list[Manifest]) -> Placement:
+        extra = tuple(t for t in tolerations if t not in self.tolerations)
+        return Placement(
+            resource_name=self.resource_name,
+            node_selector={**self.node_selector, **node_selector},
+            tolerations=self.tolerations + extra,
+        )
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The object that owns a child, for its ownerReference."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+
+    def reference(self, *, controller: bool) -> Manifest:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": controller,
+            "blockOwnerDeletion": controller,
+        }
+
+
+def gpu_resources(base: Manifest | None, *, resource_name: str, gpus: int) -> Manifest:
+    """Container resources: the user's CPU/memory with the planned GPU count as request and limit."""
+    requests = dict((base or {}).get("requests", {}))
+    limits = dict((base or {}).get("limits", {}))
+    if gpus > 0:
+        requests[resource_name] = str(gpus)
+        limits[resource_name] = str(gpus)
+    resources: Manifest = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources

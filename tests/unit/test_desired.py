@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
+from qmo.api.quantizedmodel import ModelSource, PlanStatus, QuantizationSpec, parse_spec
+from qmo.desired.artifact import (
+    artifact_recipe,
+    build_evict_job,
+    build_quantize_job,
+    content_key,
+    quantize_args,
+)
+from qmo.desired.common import Owner, Placement
+from qmo.desired.names import MAX_DNS_LABEL, dns_label
+from qmo.desired.serving import build_serving_deployment
+
+GOLDEN = Path(__file__).parent / "golden"
+SHA = "0e9e39f249a16976918f6564b8830bc894c89659"
+OWNER = Owner(api_version="qmo.dev/v1alpha1", kind="QuantizedModel", name="llama", uid="uid-1")
+ARTIFACT_OWNER = Owner(api_version="qmo.dev/v1alpha1", kind="ModelArtifact", name="llama-awq", uid="uid-2")
+PLAN = PlanStatus(
+    gpu_class="h100-80gb",
+    gpu_memory_gib=79.18,
+    tensor_parallel_size=2,
+    dtype="bfloat16",
+    kv_cache_dtype="fp8",
+    max_model_len=8192,
+    max_num_seqs=256,
+    weights_gib_per_gpu=2.8,
+    kv_cache_gib_per_gpu=64.0,
+    overhead_gib_per_gpu=4.2,
+    kv_cache_tokens=1_000_000,
+    max_concurrency=122.0,
+    checkpoint_bytes=5_900_000_000,
+    vllm_args=["--tensor-parallel-size", "2", "--kv-cache-dtype", "fp8", "--dtype", "bfloat16"],
+)
+
+
+def hf_source(revision: str = SHA, secret: bool = False) -> ModelSource:
+    hf: dict[str, Any] = {"repo": "meta-llama/Llama-3.1-8B", "revision": revision}
+    if secret:
+        hf["tokenSecretRef"] = {"name": "hf-token"}
+    return ModelSource.model_validate({"huggingface": hf})
+
+
+def artifact_spec(method: str = "awq", **quantization: Any) -> ModelArtifactSpec:
+    recipe = artifact_recipe(QuantizationSpec.model_validate({"method": method, **quantization}))
+    source = hf_source(secret=True)
+    key = content_key(source, recipe)
+    return ModelArtifactSpec(
+        key=key,
+        source=source,
+        recipe=recipe,
+        cache_claim_name="qmo-cache",
+        path=key,
+        predicted_bytes=5_900_000_000,
+        job=ArtifactJobSpec(image="quantizer:1", gpus=1, node_selector={"gpu": "h100"}),
+    )
+
+
+def check_golden(name: str, manifest: dict[str, Any]) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    # Through JSON first: what the API server receives, with no YAML aliases for shared sub-dicts.
+    text = yaml.safe_dump(json.loads(json.dumps(manifest)), sort_keys=True)
+    if os.environ.get("QMO_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.read_text() == text, f"{path} differs; set QMO_UPDATE_GOLDEN=1 to accept the change"
+
+
+def test_equivalent_recipes_share_a_key() -> None:
+    explicit = artifact_recipe(QuantizationSpec(method="awq", bits=4, symmetric=False, dampening=0.5))
+    implicit = artifact_recipe(QuantizationSpec(method="awq"))
+    assert content_key(hf_source(), explicit) == content_key(hf_source(), implicit)
+
+
+def test_token_secret_does_not_change_the_key() -> None:
+    recipe = artifact_recipe(QuantizationSpec(method="gptq"))
+    assert content_key(hf_source(secret=True), recipe) == content_key(hf_source(), recipe)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"method": "awq"}, {"method": "gptq"}),
+        ({"method": "gptq", "bits": 4}, {"method": "gptq", "bits": 8}),
+        ({"method": "gptq", "groupSize": 128}, {"method": "gptq", "groupSize": 64}),
+        ({"method": "gptq", "actOrder": False}, {"method": "gptq", "actOrder": True}),
+        ({"method": "awq"}, {"method": "awq", "calibration": {"samples": 64}}),
+    ],
+)
+def test_different_recipes_get_different_keys(first: dict[str, Any], second: dict[str, Any]) -> None:
+    a = artifact_recipe(QuantizationSpec.model_validate(first))
+    b = artifact_recipe(QuantizationSpec.model_validate(second))
+    assert content_key(hf_source(), a) != content_key(hf_source(), b)
+
+
+def test_a_different_commit_is_a_different_artifact() -> None:
+    recipe = artifact_recipe(QuantizationSpec(method="fp8-dynamic"))
+    assert content_key(hf_source(SHA), recipe) != content_key(hf_source("1" * 40), recipe)
+
+
+def test_bitsandbytes_and_none_share_the_16_bit_copy() -> None:
+    nf4 = artifact_recipe(QuantizationSpec(method="bitsandbytes-nf4"))
+    none = artifact_recipe(QuantizationSpec(method="none"))
+    assert content_key(hf_source(), nf4) == content_key(hf_source(), none)
+
+
+def test_quantize_job_golden_and_secret_only_as_env_reference() -> None:
+    spec = artifact_spec("gptq", actOrder=True, calibration={"configMapRef": {"name": "texts"}})
+    job = build_quantize_job(artifact=ARTIFACT_OWNER, namespace="ns", spec=spec)
+    check_golden("quantize_job", job)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+    } in container["env"]
+    assert "hf-token" not in " ".join(container["args"])
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_copy_only_methods_pass_no_recipe_flags() -> None:
+    args = quantize_args(artifact_spec("none"))
+    assert args[:2] == ["--method", "none"]
+    assert "--bits" not in args and "--calibration-samples" not in args
+
+
+def test_evict_job_removes_exactly_the_artifact_paths() -> None:
+    spec = artifact_spec()
+    job = build_evict_job(artifact=ARTIFACT_OWNER, namespace="ns", spec=spec)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == ["rm", "-rf", "--", f"/cache/{spec.key}", f"/cache/{spec.key}.partial"]
+
+
+def test_serving_deployment_golden_and_planned_args() -> None:
+    serving = parse_spec(
+        {
+            "source": {"huggingface": {"repo": "a/b"}},
+            "quantization": {"method": "awq"},
+            "serving": {"gpuClass": "h100-80gb", "replicas": 2, "extraArgs": ["--enable-prefix-caching"]},
+        }
+    ).serving
+    placement = Placement(
+        node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+    )
+    deployment = build_serving_deployment(
+        model="llama",
+        namespace="ns",
+        owner=OWNER,
+        serving=serving,
+        plan=PLAN,
+        artifact_key="ab" * 32,
+        artifact_path="ab" * 32,
+        placement=placement,
+    )
+    check_golden("serving_deployment", deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][-1] == "--enable-prefix-caching"
+    assert container["args"][container["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_builders_are_deterministic() -> None:
+    spec = artifact_spec()
+    first = build_quantize_job(artifact=ARTIFACT_OWNER, namespace="ns", spec=spec)
+    second = build_quantize_job(artifact=ARTIFACT_OWNER, namespace="ns", spec=artifact_spec())
+    assert yaml.safe_dump(first) == yaml.safe_dump(second)
+
+
+@pytest.mark.parametrize("name", ["llama", "a" * 63, "a" * 200, "Llama_3.1", "9lives", "x--y"])
+def test_dns_labels_are_valid_and_short(name: str) -> None:
+    label = dns_label(name, "vllm")
+    assert len(label) <= MAX_DNS_LABEL
+    assert label[0].isalpha() and label[-1].isalnum()
+    assert all((c.isalnum() and c.islower()) or c.isdigit() or c == "-" for c in label)
+
+
+def test_shortened_names_do_not_collide() -> None:
+    assert dns_label("a" * 70 + "x") != dns_label("a" * 70 + "y")
+    assert dns_label("a.b") != dns_label("a_b")
+    assert dns_label("llama", "vllm") == "llama-vllm"
