@@ -1,0 +1,55 @@
+"""``qmo run``: the operator itself (kopf), with its metrics endpoint and liveness probe."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kubeconfig", default=os.environ.get("KUBECONFIG"), help="default: in-cluster or ~/.kube/config"
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: the whole cluster",
+    )
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("QMO_METRICS_PORT", "8080")))
+    parser.add_argument("--metrics-host", default=os.environ.get("QMO_METRICS_HOST", "0.0.0.0"))
+    parser.add_argument(
+        "--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL ('' disables)"
+    )
+    parser.add_argument("--peering", default="", help="kopf peering name for HA (default: standalone)")
+    parser.add_argument(
+        "--resync-seconds", type=float, default=float(os.environ.get("QMO_RESYNC_SECONDS", "60"))
+    )
+    parser.add_argument("--verbose", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+    from prometheus_client import start_http_server
+
+    from qmo.handlers.operator import OperatorConfig, build_registry
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_host)
+    registry = build_registry(OperatorConfig(kubeconfig=args.kubeconfig, resync_seconds=args.resync_seconds))
+    kopf.run(
+        registry=registry,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=not args.peering,
+        peering_name=args.peering or None,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0

@@ -1,0 +1,223 @@
+"""The kopf wiring: an explicit registry with every handler, its id, and the startup settings.
+
+Nothing here decides anything; each handler hands the object to a reconciler and turns its outcome into
+Events, metrics and kopf's retry signals. ``build_registry`` is called on purpose by ``qmo run`` and by
+tests, so importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from qmo.reconcile.artifact import ArtifactReconciler
+from qmo.reconcile.kube import ApiError, Kube, load_credentials
+from qmo.reconcile.metrics import Metrics
+from qmo.reconcile.model import ModelReconciler, Outcome
+from qmo.reconcile.source import HubClient, SourceError
+
+GROUP = "qmo.dev"
+MANAGED = {"app.kubernetes.io/managed-by": "qmo"}
+
+
+@dataclass
+class OperatorConfig:
+    kubeconfig: str | None = None
+    resync_seconds: float = float(os.environ.get("QMO_RESYNC_SECONDS", "60"))
+    metrics: Metrics | None = None
+
+
+@dataclass
+class Runtime:
+    """What handlers share, created at startup inside the operator's loop (no API client at import)."""
+
+    kube: Kube
+    models: ModelReconciler
+    artifacts: ArtifactReconciler
+    metrics: Metrics
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        # One reconcile per object at a time, whether kopf or a child's event started it.
+        return self.locks.setdefault(uid, asyncio.Lock())
+
+
+def _retry_signal(error: Exception) -> kopf.TemporaryError:
+    if isinstance(error, ApiError) and not error.transient and error.status not in (409, 422):
+        # Refused for a reason retrying quickly will not fix (RBAC, admission): retry slowly, loudly.
+        return kopf.TemporaryError(f"the API server refused a request: {error}", delay=60)
+    return kopf.TemporaryError(str(error), delay=5)
+
+
+def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
+    config = config or OperatorConfig()
+    registry = kopf.OperatorRegistry()
+    runtime_holder: dict[str, Runtime] = {}
+
+    def runtime() -> Runtime:
+        return runtime_holder["runtime"]
+
+    @kopf.on.startup(id="configure", registry=registry)
+    async def configure(
+        settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    ) -> None:
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        # Only warnings from handler logs become Events; transitions are posted explicitly.
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+        kube = Kube(await asyncio.to_thread(load_credentials, config.kubeconfig))
+        metrics = config.metrics or Metrics()
+        runtime_holder["runtime"] = Runtime(
+            kube=kube,
+            models=ModelReconciler(kube, HubClient()),
+            artifacts=ArtifactReconciler(kube),
+            metrics=metrics,
+        )
+        logger.info("qmo configured (resync every %.0f s)", config.resync_seconds)
+
+    @kopf.on.cleanup(id="close", registry=registry)
+    async def close(**_: Any) -> None:
+        if "runtime" in runtime_holder:
+            await runtime().kube.close()
+
+    async def run_reconcile(
+        kind: str, body: Mapping[str, Any], reconcile: Callable[[Mapping[str, Any]], Awaitable[Outcome]]
+    ) -> Outcome:
+        rt = runtime()
+        started = time.perf_counter()
+        try:
+            async with rt.lock(body["metadata"]["uid"]):
+                outcome = await reconcile(body)
+        except (ApiError, SourceError) as error:
+            rt.metrics.reconcile_errors.labels(kind, type(error).__name__).inc()
+            raise _retry_signal(error) from error
+        finally:
+            rt.metrics.reconcile_seconds.labels(kind).observe(time.perf_counter() - started)
+        for event in outcome.events:
+            kopf.event(
+                cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message[:1024]
+            )
+        return outcome
+
+    async def reconcile_model(body: Mapping[str, Any]) -> None:
+        rt = runtime()
+        outcome = await run_reconcile("QuantizedModel", body, rt.models.reconcile)
+        meta = body["metadata"]
+        rt.metrics.set_model_phase(meta["namespace"], meta["name"], outcome.phase)
+        plan = ((outcome.status_patch or {}).get("plan")) or (body.get("status") or {}).get("plan")
+        if plan:
+            rt.metrics.plan_gpus.labels(meta["namespace"], meta["name"]).set(plan["tensorParallelSize"])
+            rt.metrics.plan_kv_tokens.labels(meta["namespace"], meta["name"]).set(plan["kvCacheTokens"])
+        if outcome.status_patch and "artifact" in outcome.status_patch and outcome.status_patch["artifact"]:
+            reused = outcome.status_patch["artifact"].get("phase") == "Ready"
+            rt.metrics.artifacts.labels("reused" if reused else "built").inc()
+
+    async def reconcile_artifact(body: Mapping[str, Any]) -> None:
+        rt = runtime()
+        outcome = await run_reconcile("ModelArtifact", body, rt.artifacts.reconcile)
+        meta = body["metadata"]
+        rt.metrics.set_artifact_phase(meta["namespace"], meta["name"], outcome.phase)
+        patch = outcome.status_patch or {}
+        if outcome.phase == "Ready" and patch.get("phase") == "Ready":
+            method = ((body.get("spec") or {}).get("recipe") or {}).get("method", "unknown")
+            if isinstance(patch.get("quantizeSeconds"), int | float):
+                rt.metrics.quantize_seconds.labels(method).observe(patch["quantizeSeconds"])
+            if isinstance(patch.get("sizeBytes"), int):
+                rt.metrics.artifact_bytes.labels(meta["namespace"], meta["name"]).set(patch["sizeBytes"])
+
+    # QuantizedModel: on every spec change, on operator start, and on a resync timer as a safety net.
+    @kopf.on.resume(GROUP, "quantizedmodels", id="reconcile-model", registry=registry)
+    @kopf.on.create(GROUP, "quantizedmodels", id="reconcile-model", registry=registry)
+    @kopf.on.update(GROUP, "quantizedmodels", id="reconcile-model", field="spec", registry=registry)
+    async def model_changed(body: kopf.Body, **_: Any) -> None:
+        await reconcile_model(body)
+
+    @kopf.timer(
+        GROUP, "quantizedmodels", id="resync-model", interval=config.resync_seconds, registry=registry
+    )
+    async def model_resync(body: kopf.Body, **_: Any) -> None:
+        await reconcile_model(body)
+
+    @kopf.on.delete(GROUP, "quantizedmodels", id="forget-model", optional=True, registry=registry)
+    async def model_deleted(body: kopf.Body, **_: Any) -> None:
+        runtime().metrics.forget_model(body["metadata"]["namespace"], body["metadata"]["name"])
+
+    # ModelArtifact: the same, plus eviction of its files before it goes (the finalizer).
+    @kopf.on.resume(GROUP, "modelartifacts", id="reconcile-artifact", registry=registry)
+    @kopf.on.create(GROUP, "modelartifacts", id="reconcile-artifact", registry=registry)
+    async def artifact_changed(body: kopf.Body, **_: Any) -> None:
+        await reconcile_artifact(body)
+
+    @kopf.timer(
+        GROUP, "modelartifacts", id="resync-artifact", interval=config.resync_seconds, registry=registry
+    )
+    async def artifact_resync(body: kopf.Body, **_: Any) -> None:
+        await reconcile_artifact(body)
+
+    @kopf.on.delete(GROUP, "modelartifacts", id="evict-artifact", registry=registry)
+    async def artifact_deleted(body: kopf.Body, **_: Any) -> None:
+        rt = runtime()
+        if not await rt.artifacts.evict(body):
+            raise kopf.TemporaryError("waiting for the evict Job to delete the files", delay=2)
+
+    # Children: a change in an artifact, Job or Deployment wakes its owner up at once (level-based: the
+    # owner is re-read and reconciled as a whole; the event only says when).
+    async def wake_owners(
+        owner_kind: str, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> None:
+        rt = runtime()
+        namespace = body["metadata"].get("namespace")
+        for ref in body["metadata"].get("ownerReferences") or []:
+            if ref.get("kind") != owner_kind or not str(ref.get("apiVersion", "")).startswith(GROUP):
+                continue
+            owner = await rt.kube.get(owner_kind, namespace, ref["name"])
+            if owner is None or owner["metadata"].get("uid") != ref.get("uid"):
+                continue
+            if owner["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                if owner_kind == "QuantizedModel":
+                    await reconcile_model(owner)
+                else:
+                    await reconcile_artifact(owner)
+            except kopf.TemporaryError as error:
+                logger.info(
+                    "owner %s/%s will be retried by its own handlers: %s", namespace, ref["name"], error
+                )
+
+    @kopf.on.event(GROUP, "modelartifacts", id="wake-models", registry=registry)
+    async def artifact_event(
+        body: kopf.Body, type: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    ) -> None:
+        if type in ("ADDED", "MODIFIED"):
+            await wake_owners("QuantizedModel", body, logger)
+
+    @kopf.on.event("batch", "v1", "jobs", id="wake-artifacts", labels=MANAGED, registry=registry)
+    async def job_event(
+        body: kopf.Body, type: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    ) -> None:
+        if type == "MODIFIED":
+            await wake_owners("ModelArtifact", body, logger)
+
+    @kopf.on.event(
+        "apps", "v1", "deployments", id="wake-models-on-rollout", labels=MANAGED, registry=registry
+    )
+    async def deployment_event(
+        body: kopf.Body, type: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    ) -> None:
+        if type == "MODIFIED":
+            await wake_owners("QuantizedModel", body, logger)
+
+    return registry

@@ -1,0 +1,581 @@
+"""Reconcile one QuantizedModel: resolve, plan, ensure its artifact, then serve it.
+
+observe (the model, its GPU class, source, artifact and Deployment) -> decide -> apply what differs ->
+write status once. Every step is idempotent and derived from the cluster, so a restarted operator picks
+up exactly where the last one stopped, and an unchanged model causes no writes at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
+from qmo.api.base import API_VERSION
+from qmo.api.quantizedmodel import ModelSource, PlanStatus, QuantizedModelSpec
+from qmo.desired.artifact import (
+    artifact_recipe,
+    build_cache_claim,
+    build_model_artifact,
+    cache_claim_size_bytes,
+    content_key,
+    source_slug,
+)
+from qmo.desired.common import Manifest, Owner
+from qmo.desired.names import CACHE_CLAIM_NAME, artifact_name, serving_name
+from qmo.desired.serving import (
+    build_pod_disruption_budget,
+    build_serving_deployment,
+    build_serving_service,
+    endpoint_url,
+    selector_labels,
+)
+from qmo.planner import PlanningError, PlanRequest, ServingPlan, plan, predict_checkpoint_bytes
+from qmo.reconcile.gpus import ResolvedGPU, UnknownGPUClass, resolve_gpu
+from qmo.reconcile.kube import ApiError, Kube
+from qmo.reconcile.source import HubClient, SourceError
+from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+HASH_ANNOTATION = "qmo.dev/desired-hash"
+# Methods the worker turns into a compressed-tensors checkpoint: vLLM reads the format from config.json.
+_WORKER_QUANTIZED = frozenset({"awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4"})
+
+
+@dataclass
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    """What one reconcile decided: the status patch it wrote (None: nothing changed) and its Events."""
+
+    phase: str
+    status_patch: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)
+    retry_after: float | None = None
+
+
+class PermanentFailure(Exception):
+    """The spec (or something it names) is wrong: report Failed with this reason until the user fixes it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def format_validation_error(error: ValidationError, prefix: str = "spec") -> str:
+    """'spec.serving.replicas: Input should be greater than or equal to 0' for each problem."""
+    parts = []
+    for problem in error.errors():
+        path = ".".join([prefix, *(str(p) for p in problem["loc"])])
+        parts.append(f"{path}: {problem['msg']}")
+    return "; ".join(parts)
+
+
+def desired_hash(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[
+        :16
+    ]
+
+
+def with_hash(manifest: Manifest) -> Manifest:
+    """Stamp the manifest with a hash of itself, so an unchanged child is recognised without a write."""
+    stamped: Manifest = json.loads(json.dumps(manifest))
+    stamped["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = desired_hash(manifest)
+    return stamped
+
+
+def serving_args(plan_args: tuple[str, ...] | list[str], method: str) -> list[str]:
+    """vLLM arguments for the cached checkpoint: a worker-made checkpoint carries its own format."""
+    args = list(plan_args)
+    if method in _WORKER_QUANTIZED and "--quantization" in args:
+        index = args.index("--quantization")
+        del args[index : index + 2]
+    return args
+
+
+def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> PlanStatus:
+    overhead = (
+        serving_plan.activation_gib_per_gpu
+        + serving_plan.non_torch_gib_per_gpu
+        + serving_plan.cudagraph_gib_per_gpu
+    )
+    return PlanStatus(
+        gpu_class=gpu.spec.name,
+        gpu_memory_gib=gpu.spec.memory_gib,
+        tensor_parallel_size=serving_plan.tensor_parallel_size,
+        dtype=serving_plan.dtype,
+        kv_cache_dtype=serving_plan.kv_cache_dtype,
+        max_model_len=serving_plan.max_model_len,
+        max_num_seqs=serving_plan.max_num_seqs,
+        weights_gib_per_gpu=round(serving_plan.weights_gib_per_gpu, 2),
+        kv_cache_gib_per_gpu=round(serving_plan.kv_cache_gib_per_gpu, 2),
+        overhead_gib_per_gpu=round(overhead, 2),
+        kv_cache_tokens=serving_plan.kv_cache_tokens,
+        max_concurrency=round(serving_plan.max_concurrency, 2),
+        checkpoint_bytes=serving_plan.checkpoint_bytes,
+        vllm_args=serving_args(serving_plan.vllm_args, method),
+    )
+
+
+def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
+    quantization = spec.quantization
+    serving = spec.serving
+    return PlanRequest(
+        quantization=quantization.method,
+        bits=quantization.effective_bits,
+        group_size=quantization.group_size,
+        symmetric=quantization.symmetric,
+        kv_cache_dtype=serving.kv_cache_dtype,
+        max_model_len=serving.max_model_len,
+        max_num_seqs=serving.max_num_seqs or max(serving.concurrency or 0, 256),
+        max_num_batched_tokens=serving.max_num_batched_tokens,
+        gpu_memory_utilization=serving.gpu_memory_utilization,
+        tensor_parallel_size=None
+        if serving.tensor_parallel_size == "auto"
+        else int(serving.tensor_parallel_size),
+        concurrency=serving.concurrency,
+    )
+
+
+def deployment_rollout(deployment: Mapping[str, Any] | None, replicas: int) -> tuple[bool, int, str]:
+    """(rolled out, ready replicas, reason) of a Deployment as its controller last reported it."""
+    if deployment is None:
+        return False, 0, "NotCreated"
+    status = deployment.get("status", {})
+    ready = int(status.get("readyReplicas", 0))
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    if status.get("observedGeneration", 0) < generation:
+        return False, ready, "RolloutPending"
+    for cond in status.get("conditions", []):
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return False, ready, "ProgressDeadlineExceeded"
+    updated = int(status.get("updatedReplicas", 0))
+    total = int(status.get("replicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    rolled = updated >= replicas and total == replicas and available >= replicas
+    return rolled, ready, "RolledOut" if rolled else "RollingOut"
+
+
+class ModelReconciler:
+    """Reconciles QuantizedModels. One instance per operator; no state a restart would lose."""
+
+    def __init__(self, kube: Kube, hub: HubClient) -> None:
+        self.kube = kube
+        self.hub = hub
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        old_status: dict[str, Any] = dict(body.get("status") or {})
+        generation = meta.get("generation")
+        now = now_rfc3339()
+        try:
+            status, events = await self._decide_and_apply(body, old_status, now)
+        except PermanentFailure as failure:
+            status = self._failed_status(old_status, failure, generation, now)
+            events = [Event("Warning", failure.reason, failure.message)]
+        status["observedGeneration"] = generation
+        patch = merge_patch_for(old_status, status)
+        if patch is not None:
+            await self.kube.patch("QuantizedModel", namespace, name, {"status": patch}, subresource="status")
+        if status.get("phase") == old_status.get("phase"):
+            events = [e for e in events if e.type == "Warning" and patch is not None]
+        return Outcome(phase=status["phase"], status_patch=patch, events=events)
+
+    def _failed_status(
+        self, old: dict[str, Any], failure: PermanentFailure, generation: int | None, now: str
+    ) -> dict[str, Any]:
+        """Failed keeps what is still true (what serves, what was resolved) and says which stage failed."""
+        kept = (
+            "resolvedRevision",
+            "resolvedSource",
+            "artifact",
+            "plan",
+            "replicas",
+            "readyReplicas",
+            "ready",
+            "selector",
+            "endpoint",
+        )
+        status = {k: v for k, v in old.items() if k in kept}
+        failed_stage = "WeightsReady" if failure.reason == "QuantizationFailed" else "Planned"
+        status.update(
+            phase="Failed",
+            message=failure.message,
+            conditions=[
+                condition(
+                    old.get("conditions", []),
+                    type_=failed_stage,
+                    status=False,
+                    reason=failure.reason,
+                    message=failure.message,
+                    generation=generation,
+                    now=now,
+                )
+            ],
+        )
+        return status
+
+    async def _decide_and_apply(
+        self, body: Mapping[str, Any], old: dict[str, Any], now: str
+    ) -> tuple[dict[str, Any], list[Event]]:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        generation = meta.get("generation")
+        previous_conditions = old.get("conditions", [])
+        try:
+            spec = QuantizedModelSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            raise PermanentFailure("InvalidSpec", format_validation_error(error)) from error
+        owner = Owner(api_version=API_VERSION, kind="QuantizedModel", name=name, uid=uid)
+
+        source, resolved_source, config = await self._resolve_source(namespace, spec, old)
+        try:
+            gpu = await resolve_gpu(self.kube, spec.serving.gpu_class)
+        except UnknownGPUClass as error:
+            raise PermanentFailure("UnknownGPUClass", str(error)) from error
+        try:
+            serving_plan = plan(config, plan_request(spec), gpu.spec)
+        except PlanningError as error:
+            raise PermanentFailure("InvalidModelConfig", str(error)) from error
+        if not serving_plan.fits:
+            raise PermanentFailure(
+                "DoesNotFit", serving_plan.reason or "the model does not fit the GPU class"
+            )
+        planned = plan_status(gpu, serving_plan, spec.quantization.method)
+
+        recipe = artifact_recipe(spec.quantization)
+        key = content_key(source, recipe)
+        ma_name = artifact_name(source_slug(source), recipe.method, key)
+        await self._ensure_cache_claim(namespace, spec, config, serving_plan.checkpoint_bytes)
+        artifact = await self._ensure_artifact(
+            namespace=namespace,
+            ma_name=ma_name,
+            owner=owner,
+            spec=ModelArtifactSpec(
+                key=key,
+                source=source,
+                recipe=recipe,
+                cache_claim_name=CACHE_CLAIM_NAME,
+                path=key,
+                predicted_bytes=serving_plan.checkpoint_bytes,
+                job=ArtifactJobSpec(
+                    image=spec.quantize_job.image,
+                    gpus=0 if recipe.method in ("none", "prequantized") else 1,
+                    gpu_resource_name=gpu.placement.resource_name,
+                    resources=spec.quantize_job.resources,
+                    node_selector={**gpu.placement.node_selector, **spec.quantize_job.node_selector},
+                    tolerations=[*gpu.placement.tolerations, *spec.quantize_job.tolerations],
+                    active_deadline_seconds=spec.quantize_job.active_deadline_seconds,
+                    backoff_limit=spec.quantize_job.backoff_limit,
+                ),
+            ),
+        )
+        artifact_phase = (artifact.get("status") or {}).get("phase", "Pending")
+        artifact_message = (artifact.get("status") or {}).get("message") or ""
+        if artifact_phase == "Failed":
+            raise PermanentFailure(
+                "QuantizationFailed", f"ModelArtifact {ma_name} failed: {artifact_message}"
+            )
+
+        events: list[Event] = []
+        status: dict[str, Any] = {
+            "resolvedSource": resolved_source,
+            "plan": planned.to_wire(),
+            "artifact": {"name": ma_name, "key": key, "phase": artifact_phase},
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items())),
+        }
+        if source.huggingface is not None:
+            status["resolvedRevision"] = source.huggingface.revision
+        weights_ready = artifact_phase == "Ready"
+        deployment = await self.kube.get("Deployment", namespace, serving_name(name))
+        if weights_ready:
+            deployment = await self._apply_serving(
+                namespace, name, owner, spec, planned, key, gpu, deployment
+            )
+            await self._release_old_artifacts(namespace, uid, key, deployment, spec.serving.replicas)
+        rolled, ready, rollout_reason = deployment_rollout(deployment, spec.serving.replicas)
+        serving_current = deployment is not None and weights_ready
+        replicas = int((deployment or {}).get("status", {}).get("replicas", 0))
+        updated = int((deployment or {}).get("status", {}).get("updatedReplicas", 0))
+        status.update(replicas=replicas, readyReplicas=ready, ready=f"{ready}/{spec.serving.replicas}")
+        if deployment is not None:
+            status["endpoint"] = endpoint_url(model=name, namespace=namespace)
+
+        if not weights_ready:
+            phase = "Quantizing"
+            message = f"waiting for ModelArtifact {ma_name} ({artifact_phase})"
+        elif rolled:
+            phase = "Ready"
+            message = f"serving on {planned.tensor_parallel_size}x {gpu.spec.name} per replica"
+        elif rollout_reason == "ProgressDeadlineExceeded" or (
+            # Every replica runs the current template yet some are not ready: lost, not rolling.
+            old.get("phase") in ("Ready", "Degraded") and updated >= spec.serving.replicas > ready
+        ):
+            phase = "Degraded"
+            message = f"{ready}/{spec.serving.replicas} replicas ready ({rollout_reason})"
+        else:
+            phase = "Deploying"
+            message = f"{ready}/{spec.serving.replicas} replicas ready ({rollout_reason})"
+        status["phase"] = phase
+        status["message"] = message
+        status["conditions"] = [
+            condition(
+                previous_conditions,
+                type_="Planned",
+                status=True,
+                reason="Planned",
+                message=f"tp={planned.tensor_parallel_size} kv={planned.kv_cache_dtype} "
+                f"kv_tokens={planned.kv_cache_tokens} max_concurrency={planned.max_concurrency}",
+                generation=generation,
+                now=now,
+            ),
+            condition(
+                previous_conditions,
+                type_="WeightsReady",
+                status=weights_ready,
+                reason="ArtifactReady" if weights_ready else f"Artifact{artifact_phase}",
+                message=artifact_message,
+                generation=generation,
+                now=now,
+            ),
+            condition(
+                previous_conditions,
+                type_="Deployed",
+                status=serving_current,
+                reason="Applied" if serving_current else "WaitingForWeights",
+                generation=generation,
+                now=now,
+            ),
+            condition(
+                previous_conditions,
+                type_="Available",
+                status=ready > 0 or (rolled and spec.serving.replicas == 0),
+                reason=rollout_reason,
+                message=f"{ready}/{spec.serving.replicas} replicas ready",
+                generation=generation,
+                now=now,
+            ),
+        ]
+        if phase != old.get("phase"):
+            events.append(Event("Warning" if phase == "Degraded" else "Normal", phase, message))
+        return status, events
+
+    async def _resolve_source(
+        self, namespace: str, spec: QuantizedModelSpec, old: Mapping[str, Any]
+    ) -> tuple[ModelSource, str, dict[str, Any]]:
+        """The source pinned to a commit (resolved once, then kept in status) and its config.json."""
+        hf = spec.source.huggingface
+        if hf is None:
+            raise PermanentFailure(
+                "UnsupportedSource",
+                "spec.source.pvc: planning from a PVC source is not supported yet; use spec.source.huggingface",
+            )
+        requested = f"{hf.repo}@{hf.revision}"
+        token = await self._read_token(namespace, spec)
+        try:
+            if old.get("resolvedSource") == requested and old.get("resolvedRevision"):
+                sha = str(old["resolvedRevision"])
+            else:
+                sha = await self.hub.resolve(hf.repo, hf.revision, token)
+            config = await self.hub.config(hf.repo, sha, token)
+        except SourceError as error:
+            if error.permanent:
+                raise PermanentFailure(error.reason, f"spec.source.huggingface: {error}") from error
+            raise
+        pinned = ModelSource.model_validate({"huggingface": {**hf.to_wire(), "revision": sha}})
+        return pinned, requested, config
+
+    async def _read_token(self, namespace: str, spec: QuantizedModelSpec) -> str | None:
+        hf = spec.source.huggingface
+        if hf is None or hf.token_secret_ref is None:
+            return None
+        ref = hf.token_secret_ref
+        secret = await self.kube.get("Secret", namespace, ref.name)
+        if secret is None:
+            raise PermanentFailure(
+                "TokenSecretNotFound",
+                f"spec.source.huggingface.tokenSecretRef: Secret {ref.name!r} not found in namespace {namespace}",
+            )
+        value = (secret.get("data") or {}).get(ref.key)
+        if not value:
+            raise PermanentFailure(
+                "TokenSecretNotFound",
+                f"spec.source.huggingface.tokenSecretRef: Secret {ref.name!r} has no key {ref.key!r}",
+            )
+        return base64.b64decode(value).decode().strip()
+
+    async def _ensure_cache_claim(
+        self, namespace: str, spec: QuantizedModelSpec, config: Mapping[str, Any], checkpoint_bytes: int
+    ) -> None:
+        """Create the namespace's shared cache claim if it is missing (sized for this model when auto)."""
+        if await self.kube.get("PersistentVolumeClaim", namespace, CACHE_CLAIM_NAME) is not None:
+            return
+        cache = spec.cache
+        if cache.size == "auto":
+            try:
+                source_bytes = predict_checkpoint_bytes(config, quantization="none")
+            except PlanningError:
+                source_bytes = checkpoint_bytes * 4
+            size = cache_claim_size_bytes(checkpoint_bytes, source_bytes)
+            claim = build_cache_claim(
+                namespace=namespace,
+                size_bytes=size,
+                storage_class=cache.storage_class_name,
+                access_mode=cache.access_mode,
+            )
+        else:
+            claim = build_cache_claim(
+                namespace=namespace,
+                size_bytes=GIB,
+                storage_class=cache.storage_class_name,
+                access_mode=cache.access_mode,
+            )
+            claim["spec"]["resources"]["requests"]["storage"] = str(cache.size)
+        try:
+            await self.kube.create(claim)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+
+    async def _ensure_artifact(
+        self, *, namespace: str, ma_name: str, owner: Owner, spec: ModelArtifactSpec
+    ) -> Manifest:
+        """Find or create the artifact for the key and make sure this model is among its owners.
+
+        The first model creates it; later ones only add their ownerReference (a JSON patch guarded by
+        the resourceVersion), so two models never fight over the artifact's spec.
+        """
+        existing = await self.kube.get("ModelArtifact", namespace, ma_name)
+        if existing is None:
+            manifest = build_model_artifact(name=ma_name, namespace=namespace, spec=spec, users=[owner])
+            try:
+                return await self.kube.create(manifest)
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+                existing = await self.kube.get("ModelArtifact", namespace, ma_name)
+                if existing is None:
+                    raise
+        if existing["metadata"].get("deletionTimestamp"):
+            raise SourceError(
+                f"ModelArtifact {ma_name} is being evicted; it is recreated once gone",
+                reason="ArtifactEvicting",
+                permanent=False,
+            )
+        refs = existing["metadata"].get("ownerReferences", [])
+        if any(ref.get("uid") == owner.uid for ref in refs):
+            return existing
+        ops: list[dict[str, Any]] = [
+            {
+                "op": "test",
+                "path": "/metadata/resourceVersion",
+                "value": existing["metadata"]["resourceVersion"],
+            }
+        ]
+        if refs:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": "/metadata/ownerReferences/-",
+                    "value": owner.reference(controller=False),
+                }
+            )
+        else:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": "/metadata/ownerReferences",
+                    "value": [owner.reference(controller=False)],
+                }
+            )
+        return await self.kube.patch("ModelArtifact", namespace, ma_name, ops, json_patch=True)
+
+    async def _apply_serving(
+        self,
+        namespace: str,
+        name: str,
+        owner: Owner,
+        spec: QuantizedModelSpec,
+        planned: PlanStatus,
+        key: str,
+        gpu: ResolvedGPU,
+        observed_deployment: Manifest | None,
+    ) -> Manifest:
+        deployment = with_hash(
+            build_serving_deployment(
+                model=name,
+                namespace=namespace,
+                owner=owner,
+                serving=spec.serving,
+                plan=planned,
+                artifact_key=key,
+                artifact_path=key,
+                placement=gpu.placement,
+            )
+        )
+        if _hash_of(observed_deployment) != deployment["metadata"]["annotations"][HASH_ANNOTATION]:
+            observed_deployment = await self.kube.apply(deployment)
+        for child, kind in (
+            (build_serving_service(model=name, namespace=namespace, owner=owner), "Service"),
+            (
+                build_pod_disruption_budget(model=name, namespace=namespace, owner=owner),
+                "PodDisruptionBudget",
+            ),
+        ):
+            stamped = with_hash(child)
+            observed = await self.kube.get(kind, namespace, serving_name(name))
+            if _hash_of(observed) != stamped["metadata"]["annotations"][HASH_ANNOTATION]:
+                await self.kube.apply(stamped)
+        assert observed_deployment is not None
+        return observed_deployment
+
+    async def _release_old_artifacts(
+        self, namespace: str, uid: str, key: str, deployment: Manifest | None, replicas: int
+    ) -> None:
+        """Once the Deployment serves the new weights, let go of the artifacts it used before."""
+        rolled, _, _ = deployment_rollout(deployment, replicas)
+        if not rolled:
+            return
+        for artifact in await self.kube.list("ModelArtifact", namespace):
+            refs = artifact["metadata"].get("ownerReferences", [])
+            if artifact.get("spec", {}).get("key") == key or not any(r.get("uid") == uid for r in refs):
+                continue
+            remaining = [r for r in refs if r.get("uid") != uid]
+            artifact_name_ = artifact["metadata"]["name"]
+            if not remaining:
+                # Kubernetes GC never deletes an object whose ownerReferences became empty: delete it.
+                await self.kube.delete(
+                    "ModelArtifact", namespace, artifact_name_, uid=artifact["metadata"]["uid"]
+                )
+            else:
+                ops = [
+                    {
+                        "op": "test",
+                        "path": "/metadata/resourceVersion",
+                        "value": artifact["metadata"]["resourceVersion"],
+                    },
+                    {"op": "replace", "path": "/metadata/ownerReferences", "value": remaining},
+                ]
+                await self.kube.patch("ModelArtifact", namespace, artifact_name_, ops, json_patch=True)
+
+
+def _hash_of(observed: Mapping[str, Any] | None) -> str | None:
+    if observed is None:
+        return None
+    return ((observed.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)

@@ -1,0 +1,52 @@
+"""Pure helpers for status: conditions shaped like metav1.Condition and change detection."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+Status = dict[str, Any]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def condition(
+    previous: list[dict[str, Any]],
+    *,
+    type_: str,
+    status: bool | None,
+    reason: str,
+    message: str = "",
+    generation: int | None,
+    now: str,
+) -> dict[str, Any]:
+    """A condition; its lastTransitionTime moves only when its status changes (as kubectl expects)."""
+    status_text = "Unknown" if status is None else ("True" if status else "False")
+    old = next((c for c in previous if c.get("type") == type_), None)
+    transition = old["lastTransitionTime"] if old and old.get("status") == status_text else now
+    result = {
+        "type": type_,
+        "status": status_text,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        result["observedGeneration"] = generation
+    return result
+
+
+def merge_patch_for(old: Status, new: Status) -> Status | None:
+    """The JSON merge patch turning ``old`` status into ``new``, or None when nothing changed.
+
+    Keys present before and absent now are nulled, so stale fields (a cleared message) disappear.
+    """
+    if old == new:
+        return None
+    patch: Status = {key: value for key, value in new.items() if old.get(key) != value}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch or None
