@@ -1,0 +1,220 @@
+"""Build the pinned control-plane binaries from the Go module proxy, once, into a versioned cache.
+
+No Docker and no release downloads: only ``go`` and the module proxy. ``k8s.io/kubernetes`` is not meant to
+be a dependency (its go.mod points the staging modules at ``./staging``), so a small go.mod is generated in
+the cache that requires it and replaces every staging module with its published ``v0.x`` twin; etcd's server
+is built from the same module graph (the version Kubernetes itself pins). kwok and helm build from their own
+go.mod with ``go install pkg@version``. The stamp is written last: binaries without a stamp are a broken
+build and are rebuilt; a stamp with all binaries present means a warm start never touches ``go``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from qmo.sandbox import versions
+from qmo.sandbox.versions import CachePaths
+
+BUILD_MODULE = "qmo.dev/sandbox-build"
+# The release date of k8s.io/kubernetes v1.37.2 (from the proxy's .info), stamped as buildDate.
+KUBERNETES_BUILD_DATE = "2026-10-27T12:01:04Z"
+
+
+class BuildError(RuntimeError):
+    """A ``go`` command failed; the message names the step and the log to read."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bin_dir: Path
+    built: bool  # False when the cache was warm
+    seconds: float  # this call's time; the cold build's own time is in the stamp
+    stamp: dict[str, Any]
+
+
+def go_mod_text() -> str:
+    """The generated go.mod: Kubernetes and etcd at their pinned versions, staging modules replaced."""
+    go_version = "1.26.0"
+    replaces = "\n".join(
+        f"\tk8s.io/{name} => k8s.io/{name} {versions.STAGING_VERSION}" for name in versions.STAGING_MODULES
+    )
+    return (
+        f"module {BUILD_MODULE}\n\n"
+        f"go {go_version}\n\n"
+        "require (\n"
+        f"\tk8s.io/kubernetes {versions.KUBERNETES_VERSION}\n"
+        f"\tgo.etcd.io/etcd/server/v3 {versions.ETCD_VERSION}\n"
+        ")\n\n"
+        f"replace (\n{replaces}\n)\n"
+    )
+
+
+def kubernetes_ldflags() -> str:
+    """Version stamps as Kubernetes' own hack/lib/version.sh sets them, so clients see the real version."""
+    major, minor = versions.KUBERNETES_VERSION.lstrip("v").split(".")[:2]
+    values = {
+        "gitVersion": versions.KUBERNETES_VERSION,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": KUBERNETES_BUILD_DATE,
+    }
+    flags = ["-s", "-w"]
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X {package}.{key}={value}" for key, value in values.items()]
+    return " ".join(flags)
+
+
+def kwok_ldflags() -> str:
+    return f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={versions.KWOK_VERSION}"
+
+
+def helm_ldflags() -> str:
+    return (
+        f"-s -w -X helm.sh/helm/v3/internal/version.version={versions.HELM_VERSION}"
+        " -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    )
+
+
+def go_env(paths: CachePaths) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GOMODCACHE=str(paths.gomodcache),
+        GOCACHE=str(paths.gocache),
+        GOTOOLCHAIN="local",
+        CGO_ENABLED="0",
+        # -modcacherw: a module cache the user can delete with plain `rm -rf ~/.cache/qmo`.
+        GOFLAGS="-buildvcs=false -modcacherw",
+    )
+    return env
+
+
+def is_built(paths: CachePaths) -> bool:
+    return read_stamp(paths) is not None
+
+
+def read_stamp(paths: CachePaths) -> dict[str, Any] | None:
+    """The stamp of a complete build of exactly these versions, or None."""
+    try:
+        stamp: dict[str, Any] = json.loads(paths.stamp.read_text())
+    except (OSError, ValueError):
+        return None
+    if stamp.get("key") != versions.versions_key():
+        return None
+    if not all(os.access(paths.bin_dir / name, os.X_OK) for name in versions.BINARIES):
+        return None
+    return stamp
+
+
+@contextlib.contextmanager
+def build_lock(paths: CachePaths) -> Iterator[None]:
+    """One build at a time per cache (``make test`` and a pytest session may race for it)."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.root / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build(paths: CachePaths | None = None, *, jobs: int = 2, out: TextIO = sys.stdout) -> BuildResult:
+    """Build every binary unless a complete build of these versions is already cached."""
+    paths = paths or CachePaths.default()
+    started = time.monotonic()
+    stamp = read_stamp(paths)
+    if stamp is not None:
+        return BuildResult(paths.bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp)
+    with build_lock(paths):
+        stamp = read_stamp(paths)  # another process may have finished it while we waited
+        if stamp is not None:
+            return BuildResult(paths.bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp)
+        if shutil.which("go") is None:
+            raise BuildError("the sandbox is built from Go modules, but `go` is not on PATH")
+        stamp = _cold_build(paths, jobs=jobs, out=out)
+    return BuildResult(paths.bin_dir, built=True, seconds=time.monotonic() - started, stamp=stamp)
+
+
+def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
+    paths.bin_dir.mkdir(parents=True, exist_ok=True)
+    paths.stamp.unlink(missing_ok=True)
+    module_dir = paths.src_dir / "kubernetes"
+    module_dir.mkdir(parents=True, exist_ok=True)
+    (module_dir / "go.mod").write_text(go_mod_text())
+    env = go_env(paths)
+    # -trimpath and -s -w keep the binaries small and the build cache independent of the cache location.
+    go_build = ["go", "build", "-mod=mod", "-p", str(jobs), "-trimpath"]
+    go_install = ["go", "install", "-p", str(jobs), "-trimpath"]
+    steps: list[tuple[str, list[str], Path]] = [
+        (
+            "kubernetes",
+            [
+                *go_build,
+                "-ldflags",
+                kubernetes_ldflags(),
+                "-o",
+                str(paths.bin_dir) + "/",
+                *(f"k8s.io/kubernetes/cmd/{command}" for command in versions.KUBERNETES_COMMANDS),
+            ],
+            module_dir,
+        ),
+        (
+            "etcd",
+            [*go_build, "-ldflags", "-s -w", "-o", str(paths.bin_dir / "etcd"), "go.etcd.io/etcd/server/v3"],
+            module_dir,
+        ),
+        (
+            "kwok",
+            [*go_install, "-ldflags", kwok_ldflags(), f"sigs.k8s.io/kwok/cmd/kwok@{versions.KWOK_VERSION}"],
+            paths.src_dir,
+        ),
+        (
+            "helm",
+            [*go_install, "-ldflags", helm_ldflags(), f"helm.sh/helm/v3/cmd/helm@{versions.HELM_VERSION}"],
+            paths.src_dir,
+        ),
+    ]
+    env["GOBIN"] = str(paths.bin_dir)
+    timings: dict[str, float] = {}
+    total_started = time.monotonic()
+    with open(paths.build_log, "a") as log:
+        log.write(f"== cold build of {versions.versions_key()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ')}\n")
+        for name, command, cwd in steps:
+            print(f"sandbox build: {name} ...", file=out, flush=True)
+            log.write(f"== {name}: {' '.join(command)}\n")
+            log.flush()
+            step_started = time.monotonic()
+            result = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            timings[name] = round(time.monotonic() - step_started, 1)
+            if result.returncode != 0:
+                raise BuildError(f"building {name} failed (exit {result.returncode}); see {paths.build_log}")
+            print(f"sandbox build: {name} done in {timings[name]:.0f} s", file=out, flush=True)
+    total = round(time.monotonic() - total_started, 1)
+    go_version = subprocess.run(["go", "version"], env=env, capture_output=True, text=True).stdout.strip()
+    stamp = {
+        "key": versions.versions_key(),
+        "kubernetes": versions.KUBERNETES_VERSION,
+        "etcd": versions.ETCD_VERSION,
+        "kwok": versions.KWOK_VERSION,
+        "helm": versions.HELM_VERSION,
+        "go": go_version,
+        "jobs": jobs,
+        "cpus": os.cpu_count(),
+        "seconds": total,
+        "steps": timings,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    paths.stamp.write_text(json.dumps(stamp, indent=2) + "\n")
+    print(f"sandbox build: all binaries built in {total:.0f} s into {paths.bin_dir}", file=out, flush=True)
+    return stamp

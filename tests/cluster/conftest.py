@@ -1,0 +1,94 @@
+"""Fixtures for the cluster tier: one private control plane per test session, a namespace per test.
+
+The control plane is real (etcd, kube-apiserver with RBAC and PodSecurity, controller-manager, scheduler,
+kwok with fake GPU nodes), built once into ~/.cache/qmo by ``qmo sandbox build`` and started here on free
+loopback ports in a temporary directory, so it never touches the user's ``qmo sandbox``. Its processes
+die with the test session, even when the session is killed.
+
+Fixtures: ``cluster`` (a qmo.sandbox.testing.SessionCluster), ``admin_client`` (a kubernetes ApiClient
+with cluster-admin rights) and ``namespace`` (a fresh namespace name, deleted after the test). Wait with
+``qmo.sandbox.wait.wait_for``, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+
+from qmo.sandbox import build, nodes
+from qmo.sandbox.cluster import ControlPlane
+from qmo.sandbox.stages import StageTimings
+from qmo.sandbox.testing import SessionCluster
+from qmo.sandbox.versions import CachePaths
+from qmo.sandbox.wait import wait_for
+
+__all__ = ["wait_for"]
+
+# Short lifecycles keep the tier quick; tests that need longer ones annotate their pods.
+TEST_TIMINGS = StageTimings(start_delay_ms=200, run_duration_ms=500, node_heartbeat_ms=30000)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionCluster]:
+    paths = CachePaths.default()
+    result = build.build(paths)  # warm: a stamp check; cold: the full build (run `qmo sandbox build` first)
+    plane = ControlPlane(
+        tmp_path_factory.mktemp("control-plane"),
+        bin_dir=result.bin_dir,
+        fleet=nodes.parse_fleet(os.environ.get(nodes.FLEET_ENV, nodes.DEFAULT_FLEET)),
+        timings=TEST_TIMINGS,
+        ephemeral=True,
+        context="qmo-test",
+    )
+    atexit.register(plane.stop)
+    try:
+        plane.start(timeout=120)
+        assert plane.state is not None
+        yield SessionCluster(
+            kubeconfig=plane.kubeconfig,
+            bin_dir=result.bin_dir,
+            directory=plane.directory,
+            server=f"https://127.0.0.1:{plane.state.ports.apiserver}",
+            ca_cert=plane.pki.ca_cert,
+            plane=plane,
+        )
+    finally:
+        plane.stop(remove=True)
+        atexit.unregister(plane.stop)
+
+
+@pytest.fixture(scope="session")
+def admin_client(cluster: SessionCluster) -> Iterator[client.ApiClient]:
+    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    try:
+        yield api_client
+    finally:
+        api_client.close()
+
+
+@pytest.fixture
+def namespace(admin_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    core = client.CoreV1Api(admin_client)
+    created = core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(
+                generate_name="qmo-test-",
+                labels={"qmo.dev/test": re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:63].strip("-_.")},
+            )
+        )
+    )
+    name: str = created.metadata.name
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=30,
+        description=f"the default ServiceAccount in {name}",
+    )
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name, propagation_policy="Background")
