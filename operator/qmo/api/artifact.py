@@ -31,6 +31,8 @@ class ArtifactJobSpec(ApiModel):
     """Node labels for the quantize pod."""
     tolerations: list[PassThroughObject] = Field(default_factory=list)
     """Tolerations for the quantize pod."""
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations on the quantize pod."""
     active_deadline_seconds: int = 21600
     """Hard time limit of the Job."""
     backoff_limit: int = 2

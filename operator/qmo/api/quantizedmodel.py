@@ -225,6 +225,8 @@ class ServingSpec(ApiModel):
     """Extra tolerations, added to the GPUClass's."""
     affinity: PassThroughObject | None = None
     """Pod affinity/anti-affinity for the vLLM pods."""
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations on the vLLM pods, merged over qmo's own Prometheus scrape annotations."""
     allow_surge: bool = False
     """Allow one extra replica during a rollout (needs spare GPUs); otherwise roll one down, then up."""
 
@@ -271,6 +273,8 @@ class QuantizeJobSpec(ApiModel):
     """Extra node labels for the quantize pod."""
     tolerations: list[PassThroughObject] = Field(default_factory=list)
     """Extra tolerations for the quantize pod."""
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations on the quantize pod (service mesh opt-outs, cost tags). Not part of the content key."""
 
 
 class QuantizedModelSpec(ApiModel):

@@ -216,9 +216,16 @@ def _job(
         "spec": {
             "backoffLimit": backoff_limit,
             "activeDeadlineSeconds": deadline,
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+            "template": {"metadata": _pod_metadata(labels, job.pod_annotations), "spec": pod_spec},
         },
     }
+
+
+def _pod_metadata(labels: dict[str, str], annotations: dict[str, str]) -> Manifest:
+    metadata: Manifest = {"labels": dict(labels)}
+    if annotations:
+        metadata["annotations"] = dict(sorted(annotations.items()))
+    return metadata
 
 
 def build_quantize_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSpec) -> Manifest:

@@ -137,6 +137,7 @@ def build_serving_deployment(
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(VLLM_PORT),
                         "prometheus.io/path": "/metrics",
+                        **serving.pod_annotations,
                     },
                 },
                 "spec": pod_spec,

@@ -20,7 +20,7 @@ import kopf
 from qmo.reconcile.artifact import ArtifactReconciler
 from qmo.reconcile.kube import ApiError, Kube, load_credentials
 from qmo.reconcile.metrics import Metrics
-from qmo.reconcile.model import ModelReconciler, Outcome
+from qmo.reconcile.model import ModelReconciler, Outcome, RetryLater
 from qmo.reconcile.source import HubClient, SourceError
 
 GROUP = "qmo.dev"
@@ -100,7 +100,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         try:
             async with rt.lock(body["metadata"]["uid"]):
                 outcome = await reconcile(body)
-        except (ApiError, SourceError) as error:
+        except (ApiError, SourceError, RetryLater) as error:
             rt.metrics.reconcile_errors.labels(kind, type(error).__name__).inc()
             raise _retry_signal(error) from error
         finally:

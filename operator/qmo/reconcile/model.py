@@ -68,6 +68,10 @@ class Outcome:
     retry_after: float | None = None
 
 
+class RetryLater(Exception):
+    """Something is on its way (an artifact being evicted, a retry started): reconcile again soon."""
+
+
 class PermanentFailure(Exception):
     """The spec (or something it names) is wrong: report Failed with this reason until the user fixes it."""
 
@@ -281,6 +285,7 @@ class ModelReconciler:
                     resources=spec.quantize_job.resources,
                     node_selector={**gpu.placement.node_selector, **spec.quantize_job.node_selector},
                     tolerations=[*gpu.placement.tolerations, *spec.quantize_job.tolerations],
+                    pod_annotations=dict(spec.quantize_job.pod_annotations),
                     active_deadline_seconds=spec.quantize_job.active_deadline_seconds,
                     backoff_limit=spec.quantize_job.backoff_limit,
                 ),
@@ -289,6 +294,11 @@ class ModelReconciler:
         artifact_phase = (artifact.get("status") or {}).get("phase", "Pending")
         artifact_message = (artifact.get("status") or {}).get("message") or ""
         if artifact_phase == "Failed":
+            if old.get("phase") == "Failed" and old.get("observedGeneration") not in (None, generation):
+                # The user changed the spec after the failure (more memory, a longer deadline...): retry
+                # the artifact from scratch with the new Job settings.
+                await self.kube.delete("ModelArtifact", namespace, ma_name, uid=artifact["metadata"]["uid"])
+                raise RetryLater(f"retrying ModelArtifact {ma_name} after the spec changed")
             raise PermanentFailure(
                 "QuantizationFailed", f"ModelArtifact {ma_name} failed: {artifact_message}"
             )
@@ -473,11 +483,7 @@ class ModelReconciler:
                 if existing is None:
                     raise
         if existing["metadata"].get("deletionTimestamp"):
-            raise SourceError(
-                f"ModelArtifact {ma_name} is being evicted; it is recreated once gone",
-                reason="ArtifactEvicting",
-                permanent=False,
-            )
+            raise RetryLater(f"ModelArtifact {ma_name} is being evicted; it is recreated once gone")
         refs = existing["metadata"].get("ownerReferences", [])
         if any(ref.get("uid") == owner.uid for ref in refs):
             return existing

@@ -1,0 +1,388 @@
+"""The operator, end to end, on the real control plane: kwok completes the Jobs and readies the pods.
+
+One operator process serves the whole session (it is SIGKILLed and restarted by one test); every test
+works in its own namespace, so they cannot see each other's models or artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from operator_harness import LLAMA_31_8B, HubStandIn, OperatorProcess, install_crds, provisioner
+
+from qmo.sandbox import stages
+from qmo.sandbox.testing import SessionCluster
+from qmo.sandbox.wait import wait_for
+
+SHA_A = "a" * 40
+SHA_B = "b" * 40
+REPO = "meta-llama/Llama-3.1-8B"
+GATED_REPO = "meta-llama/Llama-3.1-8B-Gated"
+GATED_TOKEN = "hf_sandbox_secret_token_value"
+
+
+@pytest.fixture(scope="session")
+def hub() -> Iterator[HubStandIn]:
+    with HubStandIn() as stand_in:
+        stand_in.add(REPO, LLAMA_31_8B, sha=SHA_A)
+        stand_in.add(GATED_REPO, LLAMA_31_8B, sha=SHA_B, token=GATED_TOKEN)
+        yield stand_in
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: SessionCluster, hub: HubStandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log_dir = tmp_path_factory.mktemp("operator")
+    install_crds(cluster)
+    with provisioner(cluster, log_dir):
+        process = OperatorProcess(cluster, hub.url, log_dir)
+        process.start()
+        try:
+            yield process
+        finally:
+            process.stop()
+
+
+@pytest.fixture
+def k(cluster: SessionCluster, namespace: str, operator: OperatorProcess) -> Iterator[Kube]:
+    yield Kube(cluster, namespace)
+    # Captured output is shown only when the test fails: then the operator's log explains why.
+    print(f"--- operator log (tail) ---\n{operator.log_tail()}")
+
+
+class Kube:
+    """kubectl against the test cluster, in the test's namespace, returning JSON."""
+
+    def __init__(self, cluster: SessionCluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+
+    def apply(self, manifest: dict[str, Any], *, check: bool = True) -> str:
+        result = self.cluster.kubectl(
+            "apply", "-n", self.namespace, "-f", "-", input=json.dumps(manifest), check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl apply failed: {result.stderr}")
+        return result.stderr if result.returncode else result.stdout
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        result = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", self.namespace, "-o", "json"]
+        if selector:
+            args += ["-l", selector]
+        return list(json.loads(self.cluster.kubectl(*args).stdout)["items"])
+
+    def delete(self, kind: str, name: str) -> None:
+        self.cluster.kubectl("delete", kind, name, "-n", self.namespace, "--wait=false")
+
+    def phase(self, name: str) -> str | None:
+        model = self.get("qm", name)
+        return (model or {}).get("status", {}).get("phase")
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            model = self.get("qm", name)
+            return model if model and model.get("status", {}).get("phase") == phase else None
+
+        return wait_for(reached, timeout=timeout, description=f"QuantizedModel {name} to be {phase}")
+
+
+def model(
+    name: str,
+    *,
+    repo: str = REPO,
+    method: str = "awq",
+    serving: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
+    quantize_job: dict[str, Any] | None = None,
+    token_secret: str | None = None,
+) -> dict[str, Any]:
+    source: dict[str, Any] = {"repo": repo}
+    if token_secret:
+        source["tokenSecretRef"] = {"name": token_secret}
+    spec: dict[str, Any] = {
+        "source": {"huggingface": source},
+        "quantization": {"method": method, **(quantization or {})},
+        "serving": {"gpuClass": "h100-80gb", "maxModelLen": 8192, **(serving or {})},
+    }
+    if quantize_job:
+        spec["quantizeJob"] = quantize_job
+    return {
+        "apiVersion": "qmo.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def container_args(deployment: dict[str, Any]) -> list[str]:
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def arg_value(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_model_goes_ready_with_the_planned_children(k: Kube) -> None:
+    k.apply(model("llama"))
+    ready = k.wait_phase("llama", "Ready")
+    status = ready["status"]
+    plan = status["plan"]
+    assert status["resolvedRevision"] == SHA_A
+    assert plan["tensorParallelSize"] == 1
+    assert plan["kvCacheTokens"] >= 8192
+    assert status["ready"] == "1/1"
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Planned": "True",
+        "WeightsReady": "True",
+        "Deployed": "True",
+        "Available": "True",
+    }
+
+    [artifact] = k.list("modelartifacts")
+    assert artifact["status"]["phase"] == "Ready"
+    assert artifact["spec"]["key"] == status["artifact"]["key"]
+    assert [ref["uid"] for ref in artifact["metadata"]["ownerReferences"]] == [ready["metadata"]["uid"]]
+
+    [job] = k.list("jobs", "app.kubernetes.io/component=quantizer")
+    job_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert arg_value(job_args, "--method") == "awq"
+    assert arg_value(job_args, "--revision") == SHA_A
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"])
+
+    claim = k.get("pvc", "qmo-cache")
+    assert claim is not None and claim["status"]["phase"] == "Bound"
+
+    deployment = k.get("deployment", "llama-vllm")
+    assert deployment is not None
+    args = container_args(deployment)
+    assert args[0] == f"/cache/{artifact['spec']['key']}"
+    assert arg_value(args, "--max-model-len") == "8192"
+    assert args[args.index("--served-model-name") + 1] == "llama"
+    assert args[1:] == [
+        "--served-model-name",
+        "llama",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        *plan["vllmArgs"],
+    ]
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    pods = k.list("pods", "qmo.dev/model=llama")
+    assert pods and all(p["spec"]["nodeName"].startswith("gpu-h100") for p in pods)
+    service = k.get("service", "llama-vllm")
+    assert service is not None and service["spec"]["ports"][0]["port"] == 8000
+    assert k.get("pdb", "llama-vllm") is not None
+    assert status["endpoint"] == f"http://llama-vllm.{k.namespace}.svc:8000/v1"
+
+
+def test_two_models_share_one_artifact_and_eviction_waits_for_the_last(k: Kube) -> None:
+    k.apply(model("first", serving={"maxModelLen": 4096}))
+    k.apply(model("second", serving={"maxModelLen": 8192, "replicas": 2}))
+    first = k.wait_phase("first", "Ready")
+    second = k.wait_phase("second", "Ready")
+    assert first["status"]["artifact"]["name"] == second["status"]["artifact"]["name"]
+    [artifact] = k.list("modelartifacts")
+    owners = {ref["uid"] for ref in artifact["metadata"]["ownerReferences"]}
+    assert owners == {first["metadata"]["uid"], second["metadata"]["uid"]}
+    assert len(k.list("jobs", "app.kubernetes.io/component=quantizer")) == 1
+
+    k.delete("qm", "first")
+    wait_for(
+        lambda: (
+            [
+                r["uid"]
+                for r in (k.get("ma", artifact["metadata"]["name"]) or {})
+                .get("metadata", {})
+                .get("ownerReferences", [])
+            ]
+            == [second["metadata"]["uid"]]
+        ),
+        timeout=60,
+        description="the garbage collector to drop the deleted model's ownerReference",
+    )
+    assert k.get("ma", artifact["metadata"]["name"])["status"]["phase"] == "Ready"  # type: ignore[index]
+
+    k.delete("qm", "second")
+    evict_seen: list[bool] = []
+
+    def artifact_gone() -> bool:
+        if k.list("jobs", "app.kubernetes.io/component=evictor"):
+            evict_seen.append(True)
+        return k.get("ma", artifact["metadata"]["name"]) is None
+
+    wait_for(artifact_gone, timeout=90, interval=0.1, description="the artifact to be evicted and deleted")
+    assert evict_seen, "the artifact went away without running its evict Job"
+
+
+def test_spec_change_builds_a_new_artifact_while_the_old_one_serves(k: Kube) -> None:
+    k.apply(model("roll", method="gptq"))
+    before = k.wait_phase("roll", "Ready")
+    old_key = before["status"]["artifact"]["key"]
+    slow = {"podAnnotations": {stages.RUN_DURATION_ANNOTATION: "4s"}}
+    k.apply(model("roll", method="gptq", quantization={"bits": 8}, quantize_job=slow))
+
+    def quantizing_with_old_serving() -> dict[str, Any] | None:
+        current = k.get("qm", "roll")
+        assert current is not None
+        status = current["status"]
+        if status.get("phase") == "Quantizing" and status["artifact"]["key"] != old_key:
+            return current
+        return None
+
+    wait_for(quantizing_with_old_serving, timeout=60, description="the new artifact to be building")
+    deployment = k.get("deployment", "roll-vllm")
+    assert deployment is not None
+    assert container_args(deployment)[0] == f"/cache/{old_key}", "the old weights must keep serving meanwhile"
+    assert deployment["status"].get("readyReplicas") == 1
+
+    after = k.wait_phase("roll", "Ready", timeout=120)
+    new_key = after["status"]["artifact"]["key"]
+    assert new_key != old_key
+    assert container_args(k.get("deployment", "roll-vllm"))[0] == f"/cache/{new_key}"  # type: ignore[arg-type]
+    wait_for(
+        lambda: [a["spec"]["key"] for a in k.list("modelartifacts")] == [new_key],
+        timeout=90,
+        description="the old artifact to be released and evicted",
+    )
+
+
+def test_quantize_failure_reports_the_reason_and_a_spec_fix_recovers(k: Kube) -> None:
+    failing = {"backoffLimit": 0, "podAnnotations": {stages.FAIL_ANNOTATION: "true"}}
+    k.apply(model("broken", method="fp8-dynamic", quantize_job=failing))
+    failed = k.wait_phase("broken", "Failed")
+    assert "failed" in failed["status"]["message"]
+    assert "BackoffLimitExceeded" in failed["status"]["message"]
+    conditions = {c["type"]: c for c in failed["status"]["conditions"]}
+    assert conditions["WeightsReady"]["status"] == "False"
+    assert conditions["WeightsReady"]["reason"] == "QuantizationFailed"
+    assert k.get("deployment", "broken-vllm") is None
+
+    # The SRE fixes the Job (here: drops what made it fail) -> the artifact is retried from scratch.
+    k.apply(model("broken", method="fp8-dynamic", quantize_job={"backoffLimit": 0}))
+    recovered = k.wait_phase("broken", "Ready", timeout=120)
+    assert recovered["status"]["artifact"]["phase"] == "Ready"
+
+
+def test_a_plan_that_cannot_fit_fails_with_numbers_before_any_job(k: Kube) -> None:
+    k.apply(
+        model(
+            "too-big",
+            method="none",
+            serving={"gpuClass": "l4", "maxModelLen": 131072, "tensorParallelSize": 1},
+        )
+    )
+    failed = k.wait_phase("too-big", "Failed")
+    message = failed["status"]["message"]
+    assert "GiB" in message, message
+    conditions = {c["type"]: c for c in failed["status"]["conditions"]}
+    assert conditions["Planned"]["status"] == "False"
+    assert conditions["Planned"]["reason"] == "DoesNotFit"
+    assert k.list("jobs") == []
+    assert k.list("modelartifacts") == []
+
+
+@pytest.mark.parametrize(
+    ("spec_patch", "field_path"),
+    [
+        ({"serving": {"gpuClass": "h100-80gb", "replicas": -1}}, "spec.serving.replicas"),
+        (
+            {"serving": {"gpuClass": "h100-80gb", "tensorParallelSize": "lots"}},
+            "spec.serving.tensorParallelSize",
+        ),
+        ({"quantization": {"method": "awq", "bits": 8}}, "spec.quantization"),
+        ({"quantization": {"method": "int3"}}, "spec.quantization.method"),
+        ({"source": {"huggingface": {"repo": "a/b"}, "pvc": {"claimName": "x"}}}, "spec.source"),
+    ],
+)
+def test_invalid_specs_are_refused_by_the_api_server_with_the_field_path(
+    k: Kube, spec_patch: dict[str, Any], field_path: str
+) -> None:
+    manifest = model("invalid")
+    manifest["spec"].update(spec_patch)
+    error = k.apply(manifest, check=False)
+    assert "invalid" in error.lower() or "Unsupported value" in error, error
+    assert field_path in error, error
+    assert k.get("qm", "invalid") is None
+
+
+def test_an_unchanged_model_causes_no_writes(k: Kube, operator: OperatorProcess) -> None:
+    k.apply(model("steady"))
+    k.wait_phase("steady", "Ready")
+    [artifact] = k.list("modelartifacts")
+
+    def versions() -> dict[str, str]:
+        objects = {
+            "qm": k.get("qm", "steady"),
+            "ma": k.get("ma", artifact["metadata"]["name"]),
+            "deployment": k.get("deployment", "steady-vllm"),
+            "service": k.get("service", "steady-vllm"),
+            "pdb": k.get("pdb", "steady-vllm"),
+        }
+        return {kind: obj["metadata"]["resourceVersion"] for kind, obj in objects.items() if obj}
+
+    # Let anything still settling (the last status write) land, then count reconciles, not seconds.
+    wait_for(lambda: versions() == versions(), timeout=30, description="the model to settle")
+    before = versions()
+    reconciles = operator.metric_value("qmo_reconcile_duration_seconds_count", kind="QuantizedModel")
+    wait_for(
+        lambda: (
+            operator.metric_value("qmo_reconcile_duration_seconds_count", kind="QuantizedModel")
+            >= reconciles + 3
+        ),
+        timeout=60,
+        description="three more reconciles (resync timer)",
+    )
+    assert versions() == before
+
+
+def test_operator_killed_mid_flight_restarts_without_duplicates(k: Kube, operator: OperatorProcess) -> None:
+    slow = {"podAnnotations": {stages.RUN_DURATION_ANNOTATION: "6s"}}
+    k.apply(model("survivor", method="gptq", quantize_job=slow))
+    wait_for(
+        lambda: k.list("jobs", "app.kubernetes.io/component=quantizer"), timeout=60, description="the Job"
+    )
+    operator.kill()
+    operator.start()
+    ready = k.wait_phase("survivor", "Ready", timeout=120)
+    assert len(k.list("jobs", "app.kubernetes.io/component=quantizer")) == 1
+    assert len(k.list("modelartifacts")) == 1
+    assert ready["status"]["plan"]["tensorParallelSize"] == 1
+
+
+def test_gated_model_token_reaches_only_the_job_and_never_status_or_events(
+    k: Kube, cluster: SessionCluster, operator: OperatorProcess
+) -> None:
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hf-token"},
+            "stringData": {"token": GATED_TOKEN},
+        }
+    )
+    k.apply(model("gated", repo=GATED_REPO, token_secret="hf-token"))
+    ready = k.wait_phase("gated", "Ready")
+    assert ready["status"]["resolvedRevision"] == SHA_B
+    [job] = k.list("jobs", "app.kubernetes.io/component=quantizer")
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
+    deployment = k.get("deployment", "gated-vllm")
+    events = cluster.kubectl("get", "events", "-n", k.namespace, "-o", "json").stdout
+    for text in (json.dumps(ready), json.dumps(deployment), events, operator.log_tail(100000)):
+        assert GATED_TOKEN not in text
+
+
+def test_missing_token_secret_fails_with_the_field_path(k: Kube) -> None:
+    k.apply(model("no-secret", repo=GATED_REPO, token_secret="absent"))
+    failed = k.wait_phase("no-secret", "Failed")
+    assert "spec.source.huggingface.tokenSecretRef" in failed["status"]["message"]
