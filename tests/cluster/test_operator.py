@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from operator_harness import LLAMA_31_8B, HubStandIn, OperatorProcess, install_crds, provisioner
 
 from qmo.sandbox import stages
+from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config, install_crds, provisioner
 from qmo.sandbox.testing import SessionCluster
 from qmo.sandbox.wait import wait_for
 
@@ -27,8 +27,8 @@ GATED_TOKEN = "hf_sandbox_secret_token_value"
 @pytest.fixture(scope="session")
 def hub() -> Iterator[HubStandIn]:
     with HubStandIn() as stand_in:
-        stand_in.add(REPO, LLAMA_31_8B, sha=SHA_A)
-        stand_in.add(GATED_REPO, LLAMA_31_8B, sha=SHA_B, token=GATED_TOKEN)
+        stand_in.add(REPO, example_config(), sha=SHA_A)
+        stand_in.add(GATED_REPO, example_config(), sha=SHA_B, token=GATED_TOKEN)
         yield stand_in
 
 

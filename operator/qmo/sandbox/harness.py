@@ -1,5 +1,5 @@
-"""What the operator's cluster tests need besides the control plane: the CRDs, a Hugging Face stand-in,
-the sandbox's volume provisioner, and the operator itself as a real process that can be killed.
+"""Running qmo against a sandbox: the CRDs, a Hugging Face stand-in, the volume provisioner, and the
+operator as a real process that can be killed. Shared by the demo, the cluster tests and the benchmarks.
 """
 
 from __future__ import annotations
@@ -20,35 +20,13 @@ from typing import Any
 from qmo.sandbox.testing import SessionCluster
 from qmo.sandbox.wait import StopWaiting, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = Path(__file__).parent / "examples"
 
-LLAMA_31_8B: dict[str, Any] = {
-    "architectures": ["LlamaForCausalLM"],
-    "attention_bias": False,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-    "hidden_act": "silu",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "max_position_embeddings": 131072,
-    "mlp_bias": False,
-    "model_type": "llama",
-    "num_attention_heads": 32,
-    "num_hidden_layers": 32,
-    "num_key_value_heads": 8,
-    "rms_norm_eps": 1e-05,
-    "rope_scaling": {
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-        "rope_type": "llama3",
-    },
-    "rope_theta": 500000.0,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "vocab_size": 128256,
-}
+
+def example_config(name: str = "llama-3.1-8b") -> dict[str, Any]:
+    """A public model's config.json, shipped with qmo so the sandbox needs no hub."""
+    config: dict[str, Any] = json.loads((EXAMPLES / f"{name}.config.json").read_text())
+    return config
 
 
 def free_port() -> int:
@@ -224,6 +202,8 @@ def provisioner(cluster: SessionCluster, log_dir: Path) -> Iterator[None]:
 
 
 def install_crds(cluster: SessionCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    from qmo.api.crds import render_crds
+
+    cluster.kubectl("apply", "--server-side", "-f", "-", input="---\n".join(render_crds().values()))
     for crd in ("quantizedmodels.qmo.dev", "modelartifacts.qmo.dev", "gpuclasses.qmo.dev"):
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
