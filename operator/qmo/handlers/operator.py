@@ -77,8 +77,11 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
-        kube = Kube(await asyncio.to_thread(load_credentials, config.kubeconfig))
         metrics = config.metrics or Metrics()
+        kube = Kube(
+            await asyncio.to_thread(load_credentials, config.kubeconfig),
+            on_request=lambda verb: metrics.api_requests.labels(verb).inc(),
+        )
         runtime_holder["runtime"] = Runtime(
             kube=kube,
             models=ModelReconciler(kube, HubClient()),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -119,7 +119,13 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
 class Kube:
     """The API verbs qmo uses. Create it inside the running event loop (never at import time)."""
 
-    def __init__(self, credentials: Credentials, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        timeout: float = 30.0,
+        on_request: Callable[[str], None] | None = None,
+    ) -> None:
         self._credentials = credentials
         context = ssl.create_default_context(cafile=credentials.ca_file)
         if credentials.cert_file and credentials.key_file:
@@ -137,6 +143,7 @@ class Kube:
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
         self.requests: Counter[str] = Counter()
+        self._on_request = on_request
 
     async def close(self) -> None:
         await self._session.close()
@@ -151,6 +158,8 @@ class Kube:
         params: Mapping[str, str] | None = None,
     ) -> Manifest:
         self.requests[method] += 1
+        if self._on_request is not None:
+            self._on_request(method)
         url = path + (f"?{urlencode(params)}" if params else "")
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}

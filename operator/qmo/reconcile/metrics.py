@@ -56,6 +56,12 @@ class Metrics:
             registry=registry,
             buckets=(60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800),
         )
+        self.api_requests = Counter(
+            "qmo_api_requests_total",
+            "Requests the reconcilers sent to the API server, by verb",
+            ["verb"],
+            registry=registry,
+        )
         self.plan_gpus = Gauge(
             "qmo_plan_gpus", "GPUs per replica the plan chose", ["namespace", "model"], registry=registry
         )

@@ -1,0 +1,175 @@
+"""Fleet benchmark: many QuantizedModels sharing few artifacts on many fake GPU nodes.
+
+Starts a private sandbox control plane (kwok nodes), the operator as a real process, and applies N models
+that share M artifacts. Prints: time from apply to all Ready, the operator's API requests per model, writes
+to qmo-managed resources during a steady-state window (target 0), and the operator's peak RSS.
+
+    .venv/bin/python benchmarks/fleet.py --models 200 --artifacts 20 --nodes 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import ssl
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from qmo.sandbox import build, nodes, pki, stages
+from qmo.sandbox.cluster import ControlPlane
+from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config, install_crds, provisioner
+from qmo.sandbox.testing import SessionCluster
+from qmo.sandbox.wait import wait_for
+
+WATCHED = (
+    "quantizedmodels",
+    "modelartifacts",
+    "deployments",
+    "services",
+    "poddisruptionbudgets",
+    "jobs",
+    "persistentvolumeclaims",
+    "events",
+)
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def apiserver_writes(cluster: SessionCluster) -> dict[str, float]:
+    """Write requests the API server has served per resource (from its own /metrics)."""
+    context = ssl.create_default_context(cafile=str(cluster.ca_cert))
+    paths = cluster.plane.pki
+    context.load_cert_chain(str(paths.client_cert(pki.ADMIN)), str(paths.client_key(pki.ADMIN)))
+    with urllib.request.urlopen(f"{cluster.server}/metrics", context=context, timeout=30) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        verb = re.search(r'verb="([A-Z]+)"', line)
+        resource = re.search(r'resource="([a-z]+)"', line)
+        if verb and resource and verb.group(1) in WRITES and resource.group(1) in WATCHED:
+            totals[resource.group(1)] = totals.get(resource.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def models(count: int, artifacts: int, namespace: str) -> dict[str, Any]:
+    items = []
+    for index in range(count):
+        items.append(
+            {
+                "apiVersion": "qmo.dev/v1alpha1",
+                "kind": "QuantizedModel",
+                "metadata": {"name": f"model-{index:04d}", "namespace": namespace},
+                "spec": {
+                    "source": {"huggingface": {"repo": f"fleet/model-{index % artifacts:03d}"}},
+                    "quantization": {"method": "awq"},
+                    "serving": {"gpuClass": "h100-80gb", "maxModelLen": 8192},
+                },
+            }
+        )
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--artifacts", type=int, default=20)
+    parser.add_argument("--nodes", type=int, default=50, help="fake nodes with 8 H100 each")
+    parser.add_argument("--steady-seconds", type=float, default=60)
+    parser.add_argument("--resync-seconds", type=float, default=30)
+    args = parser.parse_args()
+
+    result = build.build()
+    with tempfile.TemporaryDirectory(prefix="qmo-fleet-") as tmp:
+        plane = ControlPlane(
+            Path(tmp) / "plane",
+            bin_dir=result.bin_dir,
+            fleet=nodes.parse_fleet(f"cpu:1,h100:{args.nodes}x8"),
+            timings=stages.StageTimings(start_delay_ms=200, run_duration_ms=1000, node_heartbeat_ms=60000),
+            ephemeral=True,
+            context="qmo-fleet",
+        )
+        plane.start(timeout=180)
+        assert plane.state is not None
+        cluster = SessionCluster(
+            kubeconfig=plane.kubeconfig,
+            bin_dir=result.bin_dir,
+            directory=plane.directory,
+            server=f"https://127.0.0.1:{plane.state.ports.apiserver}",
+            ca_cert=plane.pki.ca_cert,
+            plane=plane,
+        )
+        try:
+            run(cluster, args, Path(tmp))
+        finally:
+            plane.stop(remove=True)
+
+
+def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:
+    install_crds(cluster)
+    cluster.kubectl("create", "namespace", "fleet")
+    with HubStandIn() as hub, provisioner(cluster, tmp):
+        for index in range(args.artifacts):
+            hub.add(f"fleet/model-{index:03d}", example_config(), sha=f"{index:040x}")
+        operator = OperatorProcess(cluster, hub.url, tmp, resync_seconds=args.resync_seconds)
+        operator.start()
+        try:
+            started = time.monotonic()
+            cluster.kubectl(
+                "apply", "-f", "-", input=json.dumps(models(args.models, args.artifacts, "fleet"))
+            )
+
+            def all_ready() -> bool:
+                listed = json.loads(cluster.kubectl("get", "qm", "-n", "fleet", "-o", "json").stdout)["items"]
+                ready = sum(1 for m in listed if m.get("status", {}).get("phase") == "Ready")
+                return ready == args.models
+
+            wait_for(all_ready, timeout=1800, interval=2, description=f"{args.models} models Ready")
+            elapsed = time.monotonic() - started
+            requests = operator.metric_value("qmo_api_requests_total")
+            artifacts = json.loads(cluster.kubectl("get", "ma", "-n", "fleet", "-o", "json").stdout)["items"]
+            jobs = json.loads(
+                cluster.kubectl(
+                    "get", "jobs", "-n", "fleet", "-l", "app.kubernetes.io/component=quantizer", "-o", "json"
+                ).stdout
+            )["items"]
+
+            # Steady state: let the last status writes land, then count writes over the window.
+            time.sleep(5)  # a measurement window, not a wait for a condition
+            before = apiserver_writes(cluster)
+            reconciles_before = operator.metric_value("qmo_reconcile_duration_seconds_count")
+            time.sleep(args.steady_seconds)  # the measurement window itself
+            after = apiserver_writes(cluster)
+            reconciles = operator.metric_value("qmo_reconcile_duration_seconds_count") - reconciles_before
+            steady_writes = {
+                r: after.get(r, 0) - before.get(r, 0) for r in after if after.get(r, 0) != before.get(r, 0)
+            }
+            assert operator.process is not None
+            rss = peak_rss_mib(operator.process.pid)
+        finally:
+            operator.stop()
+
+    print(f"fleet: {args.models} QuantizedModels, {args.artifacts} sources, {args.nodes} nodes x 8 H100")
+    print(f"  artifacts created:            {len(artifacts)} (quantize Jobs: {len(jobs)})")
+    print(f"  apply -> all Ready:           {elapsed:.1f} s")
+    print(
+        f"  operator API requests:        {requests:.0f} ({requests / args.models:.1f} per model, reconcile only)"
+    )
+    print(f"  steady-state reconciles:      {reconciles:.0f} in {args.steady_seconds:.0f} s")
+    print(f"  steady-state writes:          {sum(steady_writes.values()):.0f} {steady_writes or ''}")
+    print(f"  operator peak RSS:            {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
