@@ -90,6 +90,30 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
         "n_group": 2,
         "topk_group": 1,
     },
+    "gemma3": {
+        "model_type": "gemma3",
+        "text_config": {
+            **BASE,
+            "model_type": "gemma3_text",
+            "head_dim": 64,
+            "sliding_window": 128,
+            "num_hidden_layers": 6,
+        },
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "patch_size": 14,
+            "image_size": 56,
+            "vision_use_head": False,
+        },
+        "mm_tokens_per_image": 4,
+        "boi_token_index": 5,
+        "eoi_token_index": 6,
+        "image_token_index": 7,
+    },
 }
 
 

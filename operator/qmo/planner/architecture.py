@@ -360,7 +360,11 @@ def _build_llama_like(cfg: _Config) -> Architecture:
         if model_type in ("qwen3", "qwen3_moe"):
             parts.append(Tensor("q_norm+k_norm", d.head_dim, 2 * n))
         if model_type == "mixtral":
-            experts, top_k, moe_inter = cfg.get_int("num_local_experts"), cfg.get_int("num_experts_per_tok"), inter
+            experts, top_k, moe_inter = (
+                cfg.get_int("num_local_experts"),
+                cfg.get_int("num_experts_per_tok"),
+                inter,
+            )
             moe_layers = n
         elif model_type == "qwen3_moe":
             experts, top_k = cfg.get_int("num_experts"), cfg.get_int("num_experts_per_tok")
@@ -431,6 +435,12 @@ def _vision_tower(cfg: _Config) -> list[Linear | Tensor]:
             layers,
         ),
         Tensor("vision.post_layernorm", 2 * hidden, 1),
+        # SigLIP's attention-pooling head (probe, attention, norm, MLP); Gemma 3 checkpoints turn it off.
+        Tensor(
+            "vision.head",
+            hidden + 4 * (hidden * hidden + hidden) + 2 * hidden + 2 * hidden * inter + inter + hidden,
+            1 if cfg.get_bool("vision_use_head", True) else 0,
+        ),
     ]
 
 

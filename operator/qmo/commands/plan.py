@@ -1,0 +1,211 @@
+"""``qmo plan``: plan GPU memory for a model's config.json and print the vLLM arguments.
+
+Exit status: 0 when it fits, 1 when it does not, 2 for bad input (the message names the flag or key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from qmo.planner import GPUSpec, PlanningError, PlanRequest, ServingPlan, gpu_by_name, plan
+
+QUANTIZATIONS = ("none", "awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4", "bitsandbytes-nf4")
+
+
+class _UsageError(Exception):
+    """Bad input that argparse itself cannot see (files, combinations of flags)."""
+
+
+def _tensor_parallel(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {value!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {value!r}")
+    return size
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, type=Path, help="a config.json, or a directory holding one"
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="quantization method (a quantization_config in the config wins: the model is pre-quantized)",
+    )
+    parser.add_argument("--bits", type=_positive_int, help="weight bits for awq/gptq (default 4)")
+    parser.add_argument(
+        "--group-size", type=int, help="group size for awq/gptq (default 128; -1 = per channel)"
+    )
+    parser.add_argument("--kv-cache-dtype", choices=("auto", "fp8", "bfloat16", "float16"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float16"), default="auto")
+    gpu = parser.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu-class", help="a built-in GPU class (default h100-80gb), e.g. l4, a100-80gb, h200")
+    gpu.add_argument(
+        "--gpu-memory-gib", type=_positive_float, help="memory of one GPU as CUDA reports it, in GiB"
+    )
+    parser.add_argument(
+        "--gpus-per-node", type=_positive_int, help="the largest tensor-parallel size allowed"
+    )
+    parser.add_argument(
+        "--fp8", action=argparse.BooleanOptionalAction, default=None, help="hardware fp8 support"
+    )
+    parser.add_argument("--gpu-memory-utilization", type=_positive_float, default=0.9)
+    parser.add_argument(
+        "--max-model-len", type=_positive_int, help="default: the model's max_position_embeddings"
+    )
+    parser.add_argument("--max-num-seqs", type=_positive_int, default=256)
+    parser.add_argument(
+        "--max-num-batched-tokens", type=_positive_int, help="default: vLLM's rule for the GPU"
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive_int, help="concurrent sequences of max-model-len to hold"
+    )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=_tensor_parallel,
+        default=None,
+        metavar="{auto,N}",
+        help="auto searches the smallest size that fits; N reports that configuration",
+    )
+    parser.add_argument("--output", choices=("table", "json"), default="table")
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    file = path / "config.json" if path.is_dir() else path
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise _UsageError(f"--config: cannot read {file}: {error.strerror or error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _UsageError(f"--config: {file} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise _UsageError(f"--config: {file} must hold a JSON object")
+    return data
+
+
+def _gpu(args: argparse.Namespace) -> GPUSpec:
+    if args.gpu_memory_gib is not None:
+        return GPUSpec(
+            name=f"{args.gpu_memory_gib:g}gib",
+            memory_gib=args.gpu_memory_gib,
+            gpus_per_node=args.gpus_per_node or 8,
+            fp8=bool(args.fp8),
+        )
+    try:
+        base = gpu_by_name(args.gpu_class or "h100-80gb")
+    except PlanningError as error:
+        raise _UsageError(f"--gpu-class: {error}") from None
+    return GPUSpec(
+        name=base.name,
+        memory_gib=base.memory_gib,
+        gpus_per_node=args.gpus_per_node or base.gpus_per_node,
+        fp8=base.fp8 if args.fp8 is None else args.fp8,
+        interconnect=base.interconnect,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = _load_config(args.config)
+        gpu = _gpu(args)
+        if args.gpu_memory_utilization > 1:
+            raise _UsageError(
+                f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}"
+            )
+        request = PlanRequest(
+            quantization=args.quantization,
+            bits=args.bits,
+            group_size=args.group_size,
+            kv_cache_dtype=args.kv_cache_dtype,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            tensor_parallel_size=args.tensor_parallel_size,
+            concurrency=args.concurrency,
+        )
+        result = plan(config, request, gpu)
+    except (_UsageError, PlanningError) as error:
+        print(f"qmo plan: error: {error}", file=sys.stderr)
+        return 2
+    if args.output == "json":
+        print(json.dumps(result.to_dict(), sort_keys=True))
+    else:
+        print(render_table(result))
+    return 0 if result.fits else 1
+
+
+def render_table(result: ServingPlan) -> str:
+    """The plan for people: verdict, the per-GPU memory breakdown, and the vLLM arguments."""
+    verdict = "FITS" if result.fits else "DOES NOT FIT"
+    rows = [
+        ("GPU", f"{result.gpu} ({result.gpu_memory_gib:g} GiB) x {result.gpus}"),
+        ("weights", result.weight_format),
+        ("tensor-parallel-size", str(result.tensor_parallel_size)),
+        ("dtype / KV cache dtype", f"{result.dtype} / {result.kv_cache_dtype}"),
+        ("max-model-len", f"{result.max_model_len:,}"),
+        ("KV cache tokens", f"{result.kv_cache_tokens:,} ({result.kv_cache_blocks:,} blocks)"),
+        ("max concurrency", f"{result.max_concurrency:.2f} x {result.max_model_len:,} tokens"),
+        ("checkpoint size", f"{result.checkpoint_bytes / 2**30:.2f} GiB"),
+    ]
+    lines = [f"qmo plan: {verdict}"]
+    if result.reason:
+        lines.append(f"  {result.reason}")
+    width = max(len(name) for name, _ in rows)
+    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    used = (
+        result.weights_gib_per_gpu
+        + result.activation_gib_per_gpu
+        + result.non_torch_gib_per_gpu
+        + result.cudagraph_gib_per_gpu
+        + result.kv_cache_gib_per_gpu
+    )
+    lines.append("")
+    lines.append(
+        f"  per GPU (GiB)     budget {result.budget_gib_per_gpu:7.2f} = {result.gpu_memory_gib:g} x {result.gpu_memory_utilization:g}"
+    )
+    for name, value in (
+        ("weights", result.weights_gib_per_gpu),
+        ("activations", result.activation_gib_per_gpu),
+        ("non-torch", result.non_torch_gib_per_gpu),
+        ("CUDA graphs", result.cudagraph_gib_per_gpu),
+        ("KV cache", result.kv_cache_gib_per_gpu),
+    ):
+        lines.append(f"    {name:<22} {value:7.2f}")
+    lines.append(f"    {'total':<22} {used:7.2f}")
+    lines.append("")
+    lines.append("  vllm serve <model> " + " ".join(result.vllm_args))
+    return "\n".join(lines)
