@@ -82,7 +82,7 @@ def namespace(admin_client: client.ApiClient, request: pytest.FixtureRequest) ->
             )
         )
     )
-    name: str = created.metadata.name
+    name = str(created.metadata.name)
     wait_for(
         lambda: core.read_namespaced_service_account("default", name),
         timeout=30,

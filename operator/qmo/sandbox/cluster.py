@@ -9,11 +9,13 @@ them dies, so a killed test run leaves no orphans.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -145,7 +147,6 @@ def kubeconfig(
     *, server: str, ca: Path, cert: Path, key: Path, user: str, context: str = "qmo-sandbox"
 ) -> dict[str, Any]:
     """A self-contained kubeconfig (certificates embedded), so it can be copied anywhere."""
-    import base64
 
     def embed(path: Path) -> str:
         return base64.b64encode(path.read_bytes()).decode()
@@ -273,13 +274,31 @@ class ControlPlane:
         return status == 200
 
     # Lifecycle.
-    def start(self, *, timeout: float = 120.0) -> float:
-        """Start everything and wait until pods can be scheduled and run; return seconds to ready."""
+    def start(self, *, timeout: float = 120.0, attempts: int = 3) -> float:
+        """Start everything and wait until pods can be scheduled and run; return seconds to ready.
+
+        Free ports are picked, then released for the components to bind, so another process may take one
+        in between; such a start is retried on fresh ports (and a fresh etcd).
+        """
         started = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         if not self.pki.complete():
             pki.generate(self.pki.directory)
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(timeout)
+                break
+            except ControlPlaneError as error:
+                if "address already in use" not in str(error) or attempt == attempts:
+                    raise
+                shutil.rmtree(self.directory / "etcd", ignore_errors=True)
+        assert self.state is not None
+        self.state.ready_seconds = round(time.monotonic() - started, 2)
+        self.state_file.write_text(self.state.to_json())
+        return self.state.ready_seconds
+
+    def _start_once(self, timeout: float) -> None:
         ports = Ports.free()
         self.state = State(
             bin_dir=str(self.bin_dir),
@@ -311,9 +330,6 @@ class ControlPlane:
         except BaseException:
             self.stop(remove=False)
             raise
-        self.state.ready_seconds = round(time.monotonic() - started, 2)
-        self.state_file.write_text(self.state.to_json())
-        return self.state.ready_seconds
 
     def stop(self, *, remove: bool = False, grace: float = 5.0) -> list[str]:
         """Terminate every recorded process group (SIGTERM, then SIGKILL); return the names stopped."""
@@ -340,8 +356,6 @@ class ControlPlane:
         self.state = None
         self.state_file.unlink(missing_ok=True)
         if remove and self.directory.exists():
-            import shutil
-
             shutil.rmtree(self.directory, ignore_errors=True)
         return stopped
 
