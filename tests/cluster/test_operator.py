@@ -127,7 +127,13 @@ def container_args(deployment: dict[str, Any]) -> list[str]:
 
 
 def arg_value(args: list[str], flag: str) -> str:
-    return args[args.index(flag) + 1]
+    """The value of ``--flag value`` or ``--flag=value``."""
+    for index, arg in enumerate(args):
+        if arg == flag:
+            return args[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{flag} not in {args}")
 
 
 def test_model_goes_ready_with_the_planned_children(k: Kube) -> None:

@@ -90,6 +90,19 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         )
         logger.info("qmo configured (resync every %.0f s)", config.resync_seconds)
 
+    @kopf.on.login(id="login", registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf's built-in login predates the current kubernetes client; use the same loader as qmo's client.
+        credentials = await asyncio.to_thread(load_credentials, config.kubeconfig)
+        return kopf.ConnectionInfo(
+            server=credentials.server,
+            ca_path=credentials.ca_file,
+            certificate_path=credentials.cert_file,
+            private_key_path=credentials.key_file,
+            token=credentials.token,
+            insecure=not credentials.verify,
+        )
+
     @kopf.on.cleanup(id="close", registry=registry)
     async def close(**_: Any) -> None:
         if "runtime" in runtime_holder:

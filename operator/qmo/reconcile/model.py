@@ -106,10 +106,18 @@ def with_hash(manifest: Manifest) -> Manifest:
 def serving_args(plan_args: tuple[str, ...] | list[str], method: str) -> list[str]:
     """vLLM arguments for the cached checkpoint: a worker-made checkpoint carries its own format."""
     args = list(plan_args)
-    if method in _WORKER_QUANTIZED and "--quantization" in args:
-        index = args.index("--quantization")
-        del args[index : index + 2]
-    return args
+    if method not in _WORKER_QUANTIZED:
+        return args
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg == "--quantization":
+            skip_value = True
+        elif not arg.startswith("--quantization="):
+            kept.append(arg)
+    return kept
 
 
 def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> PlanStatus:
