@@ -328,8 +328,8 @@ def _one_linear_bytes(linear: Linear, fmt: WeightFormat, *, quantized: bool) -> 
         return LinearBytes(n * k + n * ckpt_b + zp + bias_ckpt, n * k + n * 4 + zp + bias_res)
     if layout == "ct-fp8":
         if fmt.static_fp8:
-            # One float32 weight scale and one input scale per tensor (vLLM keeps the max over fused shards).
-            return LinearBytes(n * k + 8 + bias_ckpt, n * k + 8 + bias_res)
+            # One weight scale and one input scale per tensor, in the model dtype on disk, float32 in vLLM.
+            return LinearBytes(n * k + 2 * ckpt_b + bias_ckpt, n * k + 8 + bias_res)
         return LinearBytes(n * k + n * ckpt_b + bias_ckpt, n * k + n * 4 + bias_res)
     if layout == "ct-nvfp4":
         scales = n * _ceil_div(k, 16)
