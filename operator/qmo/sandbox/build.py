@@ -92,7 +92,6 @@ def go_env(paths: CachePaths) -> dict[str, str]:
     env.update(
         GOMODCACHE=str(paths.gomodcache),
         GOCACHE=str(paths.gocache),
-        GOTOOLCHAIN="local",
         CGO_ENABLED="0",
         # -modcacherw: a module cache the user can delete with plain `rm -rf ~/.cache/qmo`.
         GOFLAGS="-buildvcs=false -modcacherw",
@@ -198,7 +197,11 @@ def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
             result = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
             timings[name] = round(time.monotonic() - step_started, 1)
             if result.returncode != 0:
-                raise BuildError(f"building {name} failed (exit {result.returncode}); see {paths.build_log}")
+                log.flush()
+                tail = "\n".join(paths.build_log.read_text(errors="replace").splitlines()[-40:])
+                raise BuildError(
+                    f"building {name} failed (exit {result.returncode}); the full log is {paths.build_log}\n{tail}"
+                )
             print(f"sandbox build: {name} done in {timings[name]:.0f} s", file=out, flush=True)
     total = round(time.monotonic() - total_started, 1)
     go_version = subprocess.run(["go", "version"], env=env, capture_output=True, text=True).stdout.strip()
