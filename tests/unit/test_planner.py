@@ -278,3 +278,41 @@ def test_plan_to_dict_is_json_ready() -> None:
     ):
         assert key in data
     assert isinstance(data["vllm_args"], list)
+
+
+@pytest.mark.parametrize(
+    ("name", "billions"),
+    [
+        ("qwen3-8b", 8.19),
+        ("qwen3-30b-a3b", 30.53),
+        ("phi-3-mini-4k-instruct", 3.82),
+        ("gemma-3-27b-it", 27.43),  # incl. the SigLIP vision tower
+        ("deepseek-v2-lite", 15.71),
+        ("deepseek-v3", 671.03),  # without the multi-token-prediction layer, which vLLM does not load
+    ],
+)
+def test_public_configs_have_their_published_sizes(name: str, billions: float) -> None:
+    assert round(parse_architecture(load(name)).param_count / 1e9, 2) == billions
+
+
+def test_deepseek_v3_fp8_needs_h200_class_memory_on_one_node() -> None:
+    config = load("deepseek-v3")
+    on_h100 = plan(config, PlanRequest(max_model_len=4096), H100)
+    assert (
+        not on_h100.fits
+        and on_h100.reason is not None
+        and "tensor-parallel-size 16 would fit" in on_h100.reason
+    )
+    on_h200 = plan(config, PlanRequest(max_model_len=4096), gpu_by_name("h200"))
+    assert on_h200.fits and on_h200.tensor_parallel_size == 8 and on_h200.quantization is None
+
+
+def test_gemma3_hybrid_groups() -> None:
+    layout = kv_layout(parse_architecture(load("gemma-3-27b-it")), 1, 2)
+    # 52 sliding + 10 full layers: groups of 10 layers, 6 sliding groups (8 padding layers) + 1 full group.
+    assert (layout.group_size, len(layout.groups)) == (10, 7)
+
+
+def test_explicit_tensor_parallel_beyond_the_node_is_refused() -> None:
+    with pytest.raises(PlanningError, match="exceeds the 8 GPUs per node"):
+        plan(load("llama-3.1-8b"), PlanRequest(tensor_parallel_size=16), H100)

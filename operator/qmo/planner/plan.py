@@ -311,6 +311,10 @@ def plan(config: Mapping[str, Any], request: PlanRequest, gpu: GPUSpec) -> Servi
 
     if request.tensor_parallel_size is not None:
         tp = request.tensor_parallel_size
+        if tp > gpu.gpus_per_node:
+            raise PlanningError(
+                f"tensor_parallel_size {tp} exceeds the {gpu.gpus_per_node} GPUs per node of GPU {gpu.name}"
+            )
         problems = tp_problems(arch, fmt, tp)
         if problems:
             raise PlanningError(f"tensor_parallel_size {tp} is not possible: {'; '.join(problems)}")
