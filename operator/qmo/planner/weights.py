@@ -321,7 +321,9 @@ def _one_linear_bytes(linear: Linear, fmt: WeightFormat, *, quantized: bool) -> 
         zp = 0 if fmt.symmetric else _ceil_div(n * bits, 32) * 4 * groups
         g_idx = 4 * k if fmt.act_order else 0
         ckpt = rows_packed + scales + zp + g_idx + 16  # + weight_shape int64[2]
-        res = rows_packed + groups * n * 2 + zp + (8 * k if fmt.act_order else 0)
+        # Zero points held as 16-bit per group for dense layers, as for AutoAWQ above.
+        zp_res = 0 if fmt.symmetric else (zp if linear.expert else groups * n * 2)
+        res = rows_packed + groups * n * 2 + zp_res + (8 * k if fmt.act_order else 0)
         return LinearBytes(ckpt + bias_ckpt, res + bias_res)
     if layout == "ct-int8":
         zp = 0 if fmt.symmetric else n
