@@ -86,6 +86,9 @@ class Sandbox:
             )
         else:
             print("sandbox already running")
+            wanted = ",".join(group.spec for group in self.fleet)
+            if state is not None and state.fleet != wanted:
+                print(f"note: it runs the fleet {state.fleet}; `qmo sandbox down` first to get {wanted}")
         print(f"kubeconfig: {plane.kubeconfig}")
         print("use it with:")
         for line in self.env_lines():
