@@ -186,6 +186,7 @@ def _job(
     gpus: int,
     backoff_limit: int,
     deadline: int,
+    pod_annotations: dict[str, str],
 ) -> Manifest:
     labels = {
         **common_labels(component=component, instance=artifact.name),
@@ -216,7 +217,7 @@ def _job(
         "spec": {
             "backoffLimit": backoff_limit,
             "activeDeadlineSeconds": deadline,
-            "template": {"metadata": _pod_metadata(labels, job.pod_annotations), "spec": pod_spec},
+            "template": {"metadata": _pod_metadata(labels, pod_annotations), "spec": pod_spec},
         },
     }
 
@@ -297,6 +298,7 @@ def build_quantize_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSp
         gpus=job.gpus,
         backoff_limit=job.backoff_limit,
         deadline=job.active_deadline_seconds,
+        pod_annotations=job.pod_annotations,
     )
 
 
@@ -323,4 +325,5 @@ def build_evict_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSpec)
         gpus=0,
         backoff_limit=3,
         deadline=600,
+        pod_annotations={},
     )
