@@ -30,7 +30,9 @@ from qmo.sandbox.wait import wait_for
 __all__ = ["wait_for"]
 
 # Short lifecycles keep the tier quick; tests that need longer ones annotate their pods.
-TEST_TIMINGS = StageTimings(start_delay_ms=200, run_duration_ms=500, node_heartbeat_ms=30000)
+TEST_TIMINGS = StageTimings(
+    start_delay_ms=200, run_duration_ms=500, crash_back_off_ms=1000, node_heartbeat_ms=30000
+)
 
 
 @pytest.fixture(scope="session")

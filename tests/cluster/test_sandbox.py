@@ -264,3 +264,29 @@ def test_garbage_collector_deletes_owned_objects(admin_client: client.ApiClient,
         return False
 
     wait_for(owned_is_gone, timeout=30, description="the garbage collector to delete the owned ConfigMap")
+
+
+def test_restarting_pod_marked_to_fail_crash_loops(admin_client: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(admin_client)
+    annotations = {stages.FAIL_ANNOTATION: "true", stages.EXIT_CODE_ANNOTATION: "137"}
+    core.create_namespaced_pod(
+        namespace, pod_manifest("server", annotations=annotations, restart_policy="Always")
+    )
+
+    def crash_looping() -> Any:
+        pod = core.read_namespaced_pod("server", namespace)
+        statuses = pod.status.container_statuses or []
+        return statuses and statuses[0].state.waiting and pod
+
+    pod = wait_for(crash_looping, timeout=30, description="the pod's container in CrashLoopBackOff")
+    (status,) = pod.status.container_statuses
+    assert pod.status.phase == "Running"
+    assert condition(pod, "Ready") == "False"
+    assert status.state.waiting.reason == "CrashLoopBackOff"
+    assert status.last_state.terminated.exit_code == 137
+    # It keeps crashing: the restart count climbs after each back-off, as under a kubelet.
+    wait_for(
+        lambda: core.read_namespaced_pod("server", namespace).status.container_statuses[0].restart_count >= 2,
+        timeout=30,
+        description="a second restart after the back-off",
+    )

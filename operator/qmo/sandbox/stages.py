@@ -4,8 +4,10 @@ A pod on a fake node becomes Running and Ready after a start delay; a pod owned 
 after a run duration, so Jobs Complete. Annotations on a pod change its script, which is how tests reach
 failure paths without a real container:
 
-- ``qmo.dev/sandbox-fail: "true"``: after the run duration the pod fails (phase Failed), with the exit
-  code from ``qmo.dev/sandbox-exit-code`` (default 1). Works for bare pods and Job pods alike.
+- ``qmo.dev/sandbox-fail: "true"``: after the run duration the container exits with the code from
+  ``qmo.dev/sandbox-exit-code`` (default 1). With ``restartPolicy: Never`` (Job pods) the pod is Failed;
+  otherwise (Deployment pods) it stays Running but not Ready, its container waiting in CrashLoopBackOff
+  with ``restartCount: 1``, as a kubelet shows a crashing server (a Job with ``OnFailure`` sees the restart).
 - ``qmo.dev/sandbox-start-delay`` / ``qmo.dev/sandbox-run-duration``: Go durations (``"3s"``) overriding
   the sandbox defaults for this pod.
 
@@ -28,6 +30,13 @@ NOT_DELETING = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"
 RUNNING = {"key": ".status.phase", "operator": "In", "values": ["Running"]}
 MARKED_TO_FAIL = {"key": f'.metadata.annotations["{FAIL_ANNOTATION}"]', "operator": "In", "values": ["true"]}
 NOT_MARKED_TO_FAIL = {**MARKED_TO_FAIL, "operator": "NotIn"}
+NEVER_RESTARTS = {"key": ".spec.restartPolicy", "operator": "In", "values": ["Never"]}
+RESTARTS = {**NEVER_RESTARTS, "operator": "NotIn"}
+CRASH_LOOPING = {
+    "key": ".status.containerStatuses.[].state.waiting.reason",
+    "operator": "In",
+    "values": ["CrashLoopBackOff"],
+}
 OWNED_BY_JOB = {"key": ".metadata.ownerReferences.[].kind", "operator": "In", "values": ["Job"]}
 
 NODE_STATUS = """\
@@ -164,12 +173,46 @@ containerStatuses:
     )
 
 
-POD_SUCCEEDED = _terminated(phase="Succeeded", reason="Completed", exit_code="0")
-POD_FAILED = _terminated(
-    phase="Failed",
-    reason="Error",
-    exit_code=f'{{{{ or (index $.metadata.annotations "{EXIT_CODE_ANNOTATION}") "1" }}}}',
+EXIT_CODE = f'{{{{ or (index $.metadata.annotations "{EXIT_CODE_ANNOTATION}") "1" }}}}'
+# Each crash adds one to restartCount, as a kubelet restarting the container would (a Job with
+# restartPolicy OnFailure counts these against its backoffLimit).
+POD_CRASH_LOOP = (
+    """\
+{{ $now := Now }}
+{{ $root := . }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  type: ContainersReady
+containerStatuses:
+{{ range $index, $item := .spec.containers }}
+{{ $origin := index $root.status.containerStatuses $index }}
+- image: {{ $item.image | Quote }}
+  name: {{ $item.name | Quote }}
+  ready: false
+  started: false
+  restartCount: {{ add1 (or $origin.restartCount 0) }}
+  lastState:
+    terminated:
+"""
+    + f"      exitCode: {EXIT_CODE}\n"
+    + """\
+      reason: Error
+      finishedAt: {{ $now | Quote }}
+      startedAt: {{ $now | Quote }}
+  state:
+    waiting:
+      reason: CrashLoopBackOff
+      message: "back-off restarting failed container (qmo sandbox: pod annotated to fail)"
+{{ end }}
+phase: Running
+"""
 )
+POD_SUCCEEDED = _terminated(phase="Succeeded", reason="Completed", exit_code="0")
+POD_FAILED = _terminated(phase="Failed", reason="Error", exit_code=EXIT_CODE)
 
 
 @dataclass(frozen=True)
@@ -178,6 +221,9 @@ class StageTimings:
 
     start_delay_ms: int = 300
     run_duration_ms: int = 1000
+    crash_back_off_ms: int = (
+        10000  # between crashes of a crash-looping container, as kubelet's first back-off
+    )
     node_heartbeat_ms: int = 30000
 
 
@@ -242,10 +288,25 @@ def stages(timings: StageTimings = DEFAULT_TIMINGS) -> list[dict[str, Any]]:
         _stage(
             "pod-fail",
             "Pod",
-            [NOT_DELETING, RUNNING, MARKED_TO_FAIL],
+            [NOT_DELETING, RUNNING, MARKED_TO_FAIL, NEVER_RESTARTS],
             {"statusTemplate": POD_FAILED},
             delay_ms=timings.run_duration_ms,
             delay_annotation=RUN_DURATION_ANNOTATION,
+        ),
+        _stage(
+            "pod-crash",
+            "Pod",
+            [NOT_DELETING, RUNNING, MARKED_TO_FAIL, RESTARTS, ready],
+            {"statusTemplate": POD_CRASH_LOOP},
+            delay_ms=timings.run_duration_ms,
+            delay_annotation=RUN_DURATION_ANNOTATION,
+        ),
+        _stage(
+            "pod-crash-again",
+            "Pod",
+            [NOT_DELETING, RUNNING, MARKED_TO_FAIL, RESTARTS, CRASH_LOOPING],
+            {"statusTemplate": POD_CRASH_LOOP},
+            delay_ms=timings.crash_back_off_ms,
         ),
         _stage(
             "pod-delete",
