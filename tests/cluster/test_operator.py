@@ -392,3 +392,23 @@ def test_missing_token_secret_fails_with_the_field_path(k: Kube) -> None:
     k.apply(model("no-secret", repo=GATED_REPO, token_secret="absent"))
     failed = k.wait_phase("no-secret", "Failed")
     assert "spec.source.huggingface.tokenSecretRef" in failed["status"]["message"]
+
+
+def test_serving_only_change_rolls_the_deployment_on_the_same_artifact(k: Kube) -> None:
+    k.apply(model("tune", serving={"maxModelLen": 4096}))
+    before = k.wait_phase("tune", "Ready")
+    k.apply(model("tune", serving={"maxModelLen": 16384, "replicas": 2}))
+
+    def rolled() -> dict[str, Any] | None:
+        current = k.get("qm", "tune")
+        deployment = k.get("deployment", "tune-vllm")
+        if not current or not deployment or current["status"].get("phase") != "Ready":
+            return None
+        if arg_value(container_args(deployment), "--max-model-len") != "16384":
+            return None
+        return current if current["status"]["ready"] == "2/2" else None
+
+    after = wait_for(rolled, timeout=90, description="the Deployment to roll to the new serving settings")
+    assert after["status"]["artifact"]["key"] == before["status"]["artifact"]["key"]
+    assert after["status"]["plan"]["maxModelLen"] == 16384
+    assert len(k.list("jobs", "app.kubernetes.io/component=quantizer")) == 1
