@@ -127,7 +127,11 @@ class State:
 
 
 def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when the process that spawned it exits (Linux only)."""
+    """preexec_fn: SIGKILL this child when the thread that spawned it exits (Linux only).
+
+    The kernel ties the signal to the spawning *thread*, so ephemeral control planes must be started from a
+    thread that lives as long as they should (the main thread, as pytest fixtures are).
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -195,6 +199,7 @@ class AdminApi:
 
 def _https_ok(port: int, path: str = "/healthz") -> bool:
     """Health of a component's self-signed endpoint (controller-manager, scheduler): only the status."""
+    # These endpoints serve certificates the components generate themselves; only the status matters.
     context = ssl._create_unverified_context()
     connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
     try:
@@ -404,8 +409,6 @@ class ControlPlane:
             wait_for(check, timeout=timeout, interval=0.1, description=what or f"{name} to be ready")
         except WaitTimeout as error:
             raise ControlPlaneError(f"{error}\n{self.log_tail(name)}") from None
-        except ControlPlaneError:
-            raise
 
     def log_tail(self, name: str, lines: int = 25) -> str:
         path = self.logs / f"{name}.log"
