@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -87,12 +87,25 @@ class HubStandIn:
 
 
 class OperatorProcess:
-    """``qmo run`` as a subprocess against the test cluster: started, SIGKILLed and restarted at will."""
+    """``qmo run`` as a subprocess against the test cluster: started, SIGKILLed and restarted at will.
+
+    ``kubeconfig`` runs it with other credentials than the cluster admin's (e.g. a ServiceAccount token,
+    to prove the chart's RBAC suffices); ``namespaces`` watches only those (``qmo run --namespace``).
+    """
 
     def __init__(
-        self, cluster: SessionCluster, hub_url: str, log_dir: Path, *, resync_seconds: float = 3
+        self,
+        cluster: SessionCluster,
+        hub_url: str,
+        log_dir: Path,
+        *,
+        resync_seconds: float = 3,
+        kubeconfig: Path | None = None,
+        namespaces: Sequence[str] = (),
     ) -> None:
         self.cluster = cluster
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
+        self.namespaces = tuple(namespaces)
         self.hub_url = hub_url
         self.log_dir = log_dir
         self.resync_seconds = resync_seconds
@@ -116,7 +129,7 @@ class OperatorProcess:
                     "qmo",
                     "run",
                     "--kubeconfig",
-                    str(self.cluster.kubeconfig),
+                    str(self.kubeconfig),
                     "--metrics-host",
                     "127.0.0.1",
                     "--metrics-port",
@@ -125,6 +138,7 @@ class OperatorProcess:
                     "",
                     "--resync-seconds",
                     str(self.resync_seconds),
+                    *(arg for namespace in self.namespaces for arg in ("--namespace", namespace)),
                 ],
                 env=env,
                 stdout=log,
