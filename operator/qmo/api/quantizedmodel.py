@@ -349,6 +349,8 @@ class QuantizedModelStatus(ApiModel):
     """Planned, WeightsReady, Deployed, Available."""
     resolved_revision: str | None = None
     """Commit sha the source revision resolved to."""
+    resolved_source: str | None = None
+    """The repo@revision that resolvedRevision was resolved from (a new revision is resolved again)."""
     plan: PlanStatus | None = None
     """The serving plan."""
     artifact: ArtifactStatusRef | None = None

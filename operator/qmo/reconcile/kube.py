@@ -31,6 +31,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "Job": ("jobs", True),
     "Pod": ("pods", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
+    "PersistentVolume": ("persistentvolumes", False),
     "Secret": ("secrets", True),
 }
 API_VERSIONS: dict[str, str] = {
@@ -43,6 +44,7 @@ API_VERSIONS: dict[str, str] = {
     "Job": "batch/v1",
     "Pod": "v1",
     "PersistentVolumeClaim": "v1",
+    "PersistentVolume": "v1",
     "Secret": "v1",
 }
 

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,11 +274,14 @@ class ModelReconciler:
         recipe = artifact_recipe(spec.quantization)
         key = content_key(source, recipe)
         ma_name = artifact_name(source_slug(source), recipe.method, key)
-        await self._ensure_cache_claim(namespace, spec, config, serving_plan.checkpoint_bytes)
         artifact = await self._ensure_artifact(
             namespace=namespace,
             ma_name=ma_name,
             owner=owner,
+            # The cache claim matters only to a new artifact's Job: no read of it on every resync.
+            before_create=lambda: self._ensure_cache_claim(
+                namespace, spec, config, serving_plan.checkpoint_bytes
+            ),
             spec=ModelArtifactSpec(
                 key=key,
                 source=source,
@@ -326,7 +329,9 @@ class ModelReconciler:
             deployment = await self._apply_serving(
                 namespace, name, owner, spec, planned, key, gpu, deployment
             )
-            await self._release_old_artifacts(namespace, uid, key, deployment, spec.serving.replicas)
+            if old.get("phase") != "Ready" or (old.get("artifact") or {}).get("key") != key:
+                # Releasing happens on the way to Ready; a model already Ready on this key has none left.
+                await self._release_old_artifacts(namespace, uid, key, deployment, spec.serving.replicas)
         rolled, ready, rollout_reason = deployment_rollout(deployment, spec.serving.replicas)
         serving_current = deployment is not None and weights_ready
         replicas = int((deployment or {}).get("status", {}).get("replicas", 0))
@@ -472,7 +477,13 @@ class ModelReconciler:
                 raise
 
     async def _ensure_artifact(
-        self, *, namespace: str, ma_name: str, owner: Owner, spec: ModelArtifactSpec
+        self,
+        *,
+        namespace: str,
+        ma_name: str,
+        owner: Owner,
+        spec: ModelArtifactSpec,
+        before_create: Callable[[], Awaitable[None]],
     ) -> Manifest:
         """Find or create the artifact for the key and make sure this model is among its owners.
 
@@ -481,6 +492,7 @@ class ModelReconciler:
         """
         existing = await self.kube.get("ModelArtifact", namespace, ma_name)
         if existing is None:
+            await before_create()
             manifest = build_model_artifact(name=ma_name, namespace=namespace, spec=spec, users=[owner])
             try:
                 return await self.kube.create(manifest)

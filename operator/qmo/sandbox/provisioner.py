@@ -11,80 +11,82 @@ sandbox and keeps it to a few lines.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import signal
-import threading
 from typing import Any
 
-from kubernetes import client, config
+from qmo.reconcile.kube import ApiError, Kube, load_credentials
 
 log = logging.getLogger("qmo.sandbox.provisioner")
 PROVISIONED_BY = "qmo.dev/sandbox-provisioner"
 
 
-def pv_for_claim(claim: Any) -> dict[str, Any]:
-    meta = claim.metadata
-    spec = claim.spec
-    name = f"pv-{meta.uid}"
-    pv_spec: dict[str, Any] = {
-        "capacity": {"storage": spec.resources.requests["storage"]},
-        "accessModes": list(spec.access_modes or ["ReadWriteOnce"]),
-        "persistentVolumeReclaimPolicy": "Retain",
-        "hostPath": {"path": f"/var/lib/qmo-sandbox/{meta.namespace}/{meta.name}"},
-        "claimRef": {
-            "namespace": meta.namespace,
-            "name": meta.name,
-            "uid": meta.uid,
-            "kind": "PersistentVolumeClaim",
-        },
-        "storageClassName": spec.storage_class_name or "",
-    }
+def pv_for_claim(claim: dict[str, Any]) -> dict[str, Any]:
+    meta, spec = claim["metadata"], claim["spec"]
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": name, "annotations": {PROVISIONED_BY: "true"}},
-        "spec": pv_spec,
+        "metadata": {"name": f"pv-{meta['uid']}", "annotations": {PROVISIONED_BY: "true"}},
+        "spec": {
+            "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+            "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": f"/var/lib/qmo-sandbox/{meta['namespace']}/{meta['name']}"},
+            "claimRef": {
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+            "storageClassName": spec.get("storageClassName") or "",
+        },
     }
 
 
-def provision_once(core: client.CoreV1Api) -> int:
+async def provision_once(kube: Kube) -> int:
     """Create volumes for unbound claims and delete released ones; returns how many it changed."""
     changed = 0
-    existing = {pv.metadata.name: pv for pv in core.list_persistent_volume().items}
-    for claim in core.list_persistent_volume_claim_for_all_namespaces().items:
-        if claim.spec.volume_name or claim.status.phase != "Pending":
+    volumes = {pv["metadata"]["name"]: pv for pv in await kube.list("PersistentVolume", None)}
+    for claim in await kube.list("PersistentVolumeClaim", None):
+        if claim["spec"].get("volumeName") or claim.get("status", {}).get("phase") != "Pending":
             continue
-        manifest = pv_for_claim(claim)
-        if manifest["metadata"]["name"] in existing:
+        volume = pv_for_claim(claim)
+        if volume["metadata"]["name"] in volumes:
             continue
         try:
-            core.create_persistent_volume(manifest)
-            changed += 1
-            log.info(
-                "provisioned %s for %s/%s",
-                manifest["metadata"]["name"],
-                claim.metadata.namespace,
-                claim.metadata.name,
-            )
-        except client.ApiException as error:
+            await kube.create(volume)
+        except ApiError as error:
             if error.status != 409:
                 raise
-    for pv in existing.values():
-        annotations = pv.metadata.annotations or {}
-        if annotations.get(PROVISIONED_BY) and pv.status.phase in ("Released", "Failed"):
-            core.delete_persistent_volume(pv.metadata.name)
+        else:
+            changed += 1
+            log.info("provisioned %s for %s/%s", volume["metadata"]["name"], *_where(claim))
+    for name, pv in volumes.items():
+        ours = (pv["metadata"].get("annotations") or {}).get(PROVISIONED_BY)
+        if ours and pv.get("status", {}).get("phase") in ("Released", "Failed"):
+            await kube.delete("PersistentVolume", None, name)
             changed += 1
     return changed
 
 
-def run(kubeconfig: str, stop: threading.Event, interval: float = 0.5) -> None:
-    core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
-    while not stop.is_set():
-        try:
-            provision_once(core)
-        except Exception as error:  # the API server may be restarting; keep going
-            log.warning("provisioning pass failed: %s", error)
-        stop.wait(interval)
+def _where(claim: dict[str, Any]) -> tuple[str, str]:
+    return claim["metadata"]["namespace"], claim["metadata"]["name"]
+
+
+async def run(kubeconfig: str, stop: asyncio.Event, interval: float = 0.5) -> None:
+    kube = Kube(load_credentials(kubeconfig))
+    try:
+        while not stop.is_set():
+            try:
+                await provision_once(kube)
+            except ApiError as error:  # the API server may be restarting; keep going
+                log.warning("provisioning pass failed: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+    finally:
+        await kube.close()
 
 
 def main() -> None:
@@ -93,10 +95,15 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run(args.kubeconfig, stop, args.interval)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run(args.kubeconfig, stop, args.interval)
+
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":
