@@ -190,3 +190,11 @@ def test_shortened_names_do_not_collide() -> None:
     assert dns_label("a" * 70 + "x") != dns_label("a" * 70 + "y")
     assert dns_label("a.b") != dns_label("a_b")
     assert dns_label("llama", "vllm") == "llama-vllm"
+
+
+def test_artifact_names_are_readable_and_keyed() -> None:
+    from qmo.desired.names import artifact_name
+
+    name = artifact_name("Llama-3.1-8B-Instruct", "awq", "19213e27d4" + "0" * 54)
+    assert name == "llama-3-1-8b-instruct-awq-19213e27d4"
+    assert artifact_name("x" * 300, "fp8-dynamic", "f" * 64).endswith("fp8-dynamic-ffffffffff")

@@ -50,8 +50,13 @@ def dns_label(*parts: str, limit: int = MAX_DNS_LABEL) -> str:
 
 
 def artifact_name(source_slug: str, method: str, key: str) -> str:
-    """ModelArtifact name: readable model and method, then the key prefix that makes it unique."""
-    return dns_label(source_slug[:30], method, key[:10])
+    """ModelArtifact name: readable model and method, then the key prefix that makes it unique.
+
+    The slug is cleaned here (``Llama-3.1-8B`` -> ``llama-3-1-8b``) rather than hashed by dns_label:
+    the key prefix already makes the name unique.
+    """
+    slug = re.sub(r"-{2,}", "-", _NOT_DNS.sub("-", source_slug.lower()))[:30].strip("-")
+    return dns_label(slug, method, key[:10])
 
 
 def quantize_job_name(artifact: str) -> str:

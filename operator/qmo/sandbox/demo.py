@@ -6,6 +6,8 @@ apply a QuantizedModel, watch it reach Ready) means appending one function to DE
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qmo.sandbox.cluster import ControlPlane
+from qmo.sandbox.harness import (
+    EXAMPLES,
+    HubStandIn,
+    OperatorProcess,
+    example_config,
+    install_crds,
+    provisioner,
+)
 from qmo.sandbox.local import Sandbox
+from qmo.sandbox.testing import SessionCluster
+from qmo.sandbox.wait import wait_for
 
 
 @dataclass
@@ -22,6 +35,20 @@ class DemoContext:
     timeout: float
     kubeconfig: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # Processes the demo runs beside the sandbox (hub stand-in, provisioner, operator); closed at the end.
+    resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    plane: ControlPlane | None = None
+
+    def session(self) -> SessionCluster:
+        assert self.plane is not None and self.plane.state is not None and self.kubeconfig is not None
+        return SessionCluster(
+            kubeconfig=self.kubeconfig,
+            bin_dir=self.sandbox.paths.bin_dir,
+            directory=self.plane.directory,
+            server=f"https://127.0.0.1:{self.plane.state.ports.apiserver}",
+            ca_cert=self.plane.pki.ca_cert,
+            plane=self.plane,
+        )
 
     def kubectl(self, *args: str) -> None:
         """Run kubectl against the sandbox, echoing the command as a user would type it."""
@@ -39,6 +66,7 @@ class DemoStep:
 def bring_up(context: DemoContext) -> None:
     plane, fresh = context.sandbox.up(timeout=context.timeout)
     context.kubeconfig = plane.kubeconfig
+    context.plane = plane
     print("started a fresh sandbox" if fresh else "the sandbox was already running")
 
 
@@ -64,6 +92,74 @@ def show_gpus(context: DemoContext) -> None:
     context.kubectl("get", "nodes", "-o", f"custom-columns={columns}")
 
 
+DEMO_MODEL = "llama-3-1-8b-awq"
+DEMO_SHA = "0e9e39f249a16976918f6564b8830bc894c89659"
+
+
+def install_qmo(context: DemoContext) -> None:
+    install_crds(context.session())
+    context.kubectl("apply", "-f", str(EXAMPLES / "gpuclasses.yaml"))
+    context.kubectl("get", "gpuclasses")
+
+
+def start_operator(context: DemoContext) -> None:
+    """The operator as a local process, with the two things a laptop sandbox lacks: a volume provisioner
+    and the Hugging Face hub (a stand-in serving the model's public config.json)."""
+    session = context.session()
+    directory = context.sandbox.paths.root / "sandbox" / "demo"
+    directory.mkdir(parents=True, exist_ok=True)
+    hub = context.resources.enter_context(HubStandIn())
+    hub.add("meta-llama/Llama-3.1-8B-Instruct", example_config(), sha=DEMO_SHA)
+    context.resources.enter_context(provisioner(session, directory))
+    operator = OperatorProcess(session, hub.url, directory, resync_seconds=10)
+    operator.start()
+    context.resources.callback(operator.stop)
+    print(f"operator running (log: {operator.log_path}); Hugging Face stand-in at {hub.url}")
+
+
+def apply_model(context: DemoContext) -> None:
+    session = context.session()
+    namespace = session.kubectl("create", "namespace", "demo", "--dry-run=client", "-o", "yaml").stdout
+    session.kubectl("apply", "-f", "-", input=namespace)
+    print((EXAMPLES / "quantizedmodel.yaml").read_text())
+    context.kubectl("apply", "-f", str(EXAMPLES / "quantizedmodel.yaml"))
+
+
+def watch_until_ready(context: DemoContext) -> None:
+    session = context.session()
+    seen: list[str] = []
+
+    def ready() -> bool:
+        result = session.kubectl(
+            "get", "qm", DEMO_MODEL, "-n", "demo", "-o", "jsonpath={.status.phase}", check=False
+        )
+        phase = result.stdout.strip()
+        if phase and (not seen or seen[-1] != phase):
+            seen.append(phase)
+            print(f"  phase: {phase}", flush=True)
+        return phase == "Ready"
+
+    wait_for(
+        ready, timeout=context.timeout, interval=0.5, description=f"QuantizedModel {DEMO_MODEL} to be Ready"
+    )
+    context.kubectl("get", "qm,ma", "-n", "demo")
+
+
+def show_what_it_made(context: DemoContext) -> None:
+    context.kubectl("get", "jobs,deployments,services,pdb,pvc", "-n", "demo")
+    context.kubectl("get", "pods", "-n", "demo", "-o", "wide")
+    session = context.session()
+    model = json.loads(session.kubectl("get", "qm", DEMO_MODEL, "-n", "demo", "-o", "json").stdout)
+    plan = model["status"]["plan"]
+    print(
+        f"plan: {plan['tensorParallelSize']} x {plan['gpuClass']} per replica, weights {plan['weightsGibPerGpu']} GiB,"
+        f" KV cache {plan['kvCacheGibPerGpu']} GiB = {plan['kvCacheTokens']} tokens"
+        f" ({plan['maxConcurrency']} sequences of {plan['maxModelLen']}), overhead {plan['overheadGibPerGpu']} GiB"
+    )
+    print("vLLM runs with: " + " ".join(plan["vllmArgs"]))
+    print(f"endpoint: {model['status']['endpoint']}")
+
+
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("Build (or reuse) the pinned control plane and start the sandbox", bring_up),
     DemoStep("The API server is a real Kubernetes", show_versions),
@@ -71,19 +167,25 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep(
         "Their GPUs, as the NVIDIA device plugin and GPU feature discovery would report them", show_gpus
     ),
+    DemoStep("Install qmo's CRDs and the fleet's GPU classes", install_qmo),
+    DemoStep("Run the operator", start_operator),
+    DemoStep("Apply a QuantizedModel", apply_model),
+    DemoStep("Plan -> quantize Job -> vLLM Deployment, until Ready", watch_until_ready),
+    DemoStep("What the operator created, and the plan it chose", show_what_it_made),
 ]
 
 
 def run_demo(sandbox: Sandbox, *, timeout: float = 120.0, steps: list[DemoStep] | None = None) -> int:
     context = DemoContext(sandbox=sandbox, timeout=timeout)
     chosen = DEMO_STEPS if steps is None else steps
-    for number, step in enumerate(chosen, start=1):
-        print(f"\n== {number}/{len(chosen)} {step.title}", flush=True)
-        try:
-            step.run(context)
-        except subprocess.CalledProcessError as error:
-            print(f"demo step failed: {error}", file=sys.stderr)
-            return 1
+    with context.resources:
+        for number, step in enumerate(chosen, start=1):
+            print(f"\n== {number}/{len(chosen)} {step.title}", flush=True)
+            try:
+                step.run(context)
+            except (subprocess.CalledProcessError, AssertionError) as error:
+                print(f"demo step failed: {error}", file=sys.stderr)
+                return 1
     print("\nThe sandbox keeps running. Use it with:")
     for line in sandbox.env_lines():
         print(f"  {line}")
