@@ -422,3 +422,74 @@ def test_serving_only_change_rolls_the_deployment_on_the_same_artifact(k: Kube) 
     assert after["status"]["artifact"]["key"] == before["status"]["artifact"]["key"]
     assert after["status"]["plan"]["maxModelLen"] == 16384
     assert len(k.list("jobs", "app.kubernetes.io/component=quantizer")) == 1
+
+
+def test_pvc_source_is_planned_from_the_config_its_inspect_job_reads(k: Kube) -> None:
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "100Gi"}}},
+        }
+    )
+    manifest = model(
+        "from-pvc",
+        method="w8a8",
+        # In the sandbox the inspect pod "copies" config.json by reporting this as its termination message.
+        quantize_job={
+            "podAnnotations": {stages.TERMINATION_MESSAGE_ANNOTATION: json.dumps(example_config())}
+        },
+    )
+    manifest["spec"]["source"] = {"pvc": {"claimName": "models", "path": "/llama-3.1-8b"}}
+    k.apply(manifest)
+    ready = k.wait_phase("from-pvc", "Ready")
+    assert ready["status"]["plan"]["weightsGibPerGpu"] < 10  # int8 weights of an 8B model
+    [inspect] = k.list("jobs", "app.kubernetes.io/component=inspector")
+    container = inspect["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["cp", "--", "/source/llama-3.1-8b/config.json", "/dev/termination-log"]
+    assert "resources" in container and "nvidia.com/gpu" not in json.dumps(container["resources"])
+    [job] = k.list("jobs", "app.kubernetes.io/component=quantizer")
+    pod_spec = job["spec"]["template"]["spec"]
+    assert arg_value(pod_spec["containers"][0]["args"], "--source") == "/source/llama-3.1-8b"
+    assert {"name": "source", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod_spec[
+        "volumes"
+    ]
+
+
+def test_unreadable_pvc_config_fails_with_the_path(k: Kube) -> None:
+    manifest = model(
+        "bad-pvc",
+        quantize_job={"podAnnotations": {stages.TERMINATION_MESSAGE_ANNOTATION: "not json"}},
+    )
+    manifest["spec"]["source"] = {"pvc": {"claimName": "models", "path": "/nowhere"}}
+    k.apply(manifest)
+    failed = k.wait_phase("bad-pvc", "Failed")
+    assert "/nowhere/config.json" in failed["status"]["message"]
+    assert k.list("modelartifacts") == []
+
+
+def test_the_workers_summary_lands_in_the_artifact_status(k: Kube) -> None:
+    summary = {
+        "size_bytes": 5_727_858_176,
+        "manifest_sha256": "c" * 64,
+        "durations": {"total": 812.4},
+        "validation": {"top1_agreement": 0.97, "mean_abs_logit_error": 0.031},
+        "versions": {"llmcompressor": "0.14.0.1", "torch": "2.14.0"},
+    }
+    k.apply(
+        model(
+            "summarised",
+            method="gptq",
+            quantize_job={"podAnnotations": {stages.TERMINATION_MESSAGE_ANNOTATION: json.dumps(summary)}},
+        )
+    )
+    ready = k.wait_phase("summarised", "Ready")
+    artifact = k.get("ma", ready["status"]["artifact"]["name"])
+    assert artifact is not None
+    status = artifact["status"]
+    assert status["sizeBytes"] == summary["size_bytes"]
+    assert status["manifestDigest"] == summary["manifest_sha256"]
+    assert status["quantizeSeconds"] == 812.4
+    assert status["validation"]["top1_agreement"] == 0.97
+    assert status["versions"]["llmcompressor"] == "0.14.0.1"

@@ -14,7 +14,7 @@ from typing import Any
 
 from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
 from qmo.api.base import API_VERSION
-from qmo.api.quantizedmodel import CalibrationSpec, ModelSource, QuantizationSpec
+from qmo.api.quantizedmodel import CalibrationSpec, ModelSource, PvcSource, QuantizationSpec
 from qmo.desired.common import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
@@ -27,6 +27,7 @@ from qmo.desired.names import (
     CACHE_MOUNT_PATH,
     LABEL_ARTIFACT,
     LABEL_ARTIFACT_KEY,
+    LABEL_MODEL,
     common_labels,
     evict_job_name,
     key_label,
@@ -300,6 +301,49 @@ def build_quantize_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSp
         deadline=job.active_deadline_seconds,
         pod_annotations=job.pod_annotations,
     )
+
+
+def build_inspect_job(
+    *, model: Owner, namespace: str, name: str, source: PvcSource, image: str, pod_annotations: dict[str, str]
+) -> Manifest:
+    """A CPU-only Job that copies the PVC model's config.json into its termination message, so the
+    operator can plan before any GPU is spent without mounting user volumes itself (4096 bytes at most)."""
+    config_path = f"{SOURCE_MOUNT_PATH}/{source.path.strip('/')}/config.json".replace("//", "/")
+    labels = {**common_labels(component="inspector", instance=model.name), LABEL_MODEL: model.name}
+    container: Manifest = {
+        "name": "inspect",
+        "image": image,
+        "command": ["cp", "--", config_path, TERMINATION_LOG],
+        "volumeMounts": [{"name": "source", "mountPath": SOURCE_MOUNT_PATH, "readOnly": True}],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+    }
+    pod_spec: Manifest = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": RESTRICTED_POD_SECURITY,
+        "containers": [container],
+        "volumes": [
+            {"name": "source", "persistentVolumeClaim": {"claimName": source.claim_name, "readOnly": True}}
+        ],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [model.reference(controller=True)],
+        },
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": 600,
+            "template": {"metadata": _pod_metadata(labels, pod_annotations), "spec": pod_spec},
+        },
+    }
 
 
 def build_evict_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSpec) -> Manifest:

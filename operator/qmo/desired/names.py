@@ -67,6 +67,11 @@ def evict_job_name(artifact: str) -> str:
     return dns_label(artifact, "evict")
 
 
+def inspect_job_name(model: str, claim: str, path: str) -> str:
+    """One inspect Job per (model, claim, path): pointing the model elsewhere inspects again."""
+    return dns_label(model, "inspect", short_hash(f"{claim}:{path}"))
+
+
 def serving_name(model: str) -> str:
     """Deployment, Service and PDB of a model share one name: the model's own, suffixed."""
     return dns_label(model, "vllm")

@@ -225,7 +225,9 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         body: kopf.Body, type: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
     ) -> None:
         if type == "MODIFIED":
+            # Quantize and evict Jobs belong to artifacts; inspect Jobs (PVC sources) to models.
             await wake_owners("ModelArtifact", body, logger)
+            await wake_owners("QuantizedModel", body, logger)
 
     @kopf.on.event(
         "apps", "v1", "deployments", id="wake-models-on-rollout", labels=MANAGED, registry=registry

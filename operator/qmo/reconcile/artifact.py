@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,7 +14,8 @@ from qmo.api.base import API_VERSION
 from qmo.desired.artifact import build_evict_job, build_quantize_job
 from qmo.desired.common import Owner
 from qmo.desired.names import evict_job_name, quantize_job_name
-from qmo.reconcile.kube import Kube
+from qmo.reconcile.jobs import job_seconds, job_state, termination_message
+from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.model import Event, Outcome, format_validation_error
 from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339
 
@@ -23,44 +23,6 @@ log = logging.getLogger(__name__)
 
 # Kubernetes keeps at most 4096 bytes of termination message; status messages stay well below that.
 MAX_MESSAGE = 1000
-
-
-def job_state(job: Mapping[str, Any] | None) -> tuple[str, str]:
-    """(Complete | Failed | Running | Missing, message) from the Job controller's conditions."""
-    if job is None:
-        return "Missing", ""
-    for cond in (job.get("status") or {}).get("conditions", []):
-        if cond.get("status") != "True":
-            continue
-        if cond.get("type") == "Complete":
-            return "Complete", ""
-        if cond.get("type") == "Failed":
-            return "Failed", f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")
-    return "Running", ""
-
-
-def job_seconds(job: Mapping[str, Any]) -> float | None:
-    status = job.get("status") or {}
-    start, end = status.get("startTime"), status.get("completionTime")
-    if not start or not end:
-        return None
-    return (_parse_time(end) - _parse_time(start)).total_seconds()
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def termination_message(pods: Sequence[Mapping[str, Any]], *, phase: str) -> str | None:
-    """The newest termination message of the Job's pods in the given phase (Succeeded or Failed)."""
-    candidates = [p for p in pods if (p.get("status") or {}).get("phase") == phase]
-    candidates.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
-    for pod in candidates:
-        for container in (pod.get("status") or {}).get("containerStatuses", []):
-            message = ((container.get("state") or {}).get("terminated") or {}).get("message")
-            if message:
-                return str(message)
-    return None
 
 
 def summary_fields(message: str | None) -> dict[str, Any]:
@@ -176,7 +138,14 @@ class ArtifactReconciler:
         job = await self.kube.get("Job", namespace, job_name)
         if job is None:
             owner = Owner(api_version=API_VERSION, kind="ModelArtifact", name=name, uid=meta["uid"])
-            await self.kube.create(build_evict_job(artifact=owner, namespace=namespace, spec=spec))
+            try:
+                await self.kube.create(build_evict_job(artifact=owner, namespace=namespace, spec=spec))
+            except ApiError as error:
+                if error.status == 403 and "being terminated" in error.message:
+                    # The whole namespace is going, its cache claim with it: nothing left to evict, and
+                    # holding the finalizer would keep the namespace Terminating forever.
+                    return True
+                raise
             return False
         state, message = job_state(job)
         if state == "Failed":

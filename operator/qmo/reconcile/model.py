@@ -23,13 +23,14 @@ from qmo.api.quantizedmodel import ModelSource, PlanStatus, QuantizedModelSpec
 from qmo.desired.artifact import (
     artifact_recipe,
     build_cache_claim,
+    build_inspect_job,
     build_model_artifact,
     cache_claim_size_bytes,
     content_key,
     source_slug,
 )
 from qmo.desired.common import Manifest, Owner
-from qmo.desired.names import CACHE_CLAIM_NAME, artifact_name, serving_name
+from qmo.desired.names import CACHE_CLAIM_NAME, artifact_name, inspect_job_name, serving_name
 from qmo.desired.serving import (
     build_pod_disruption_budget,
     build_serving_deployment,
@@ -39,6 +40,7 @@ from qmo.desired.serving import (
 )
 from qmo.planner import PlanningError, PlanRequest, ServingPlan, plan, predict_checkpoint_bytes
 from qmo.reconcile.gpus import ResolvedGPU, UnknownGPUClass, resolve_gpu
+from qmo.reconcile.jobs import job_state, termination_message
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.source import HubClient, SourceError
 from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339
@@ -66,6 +68,10 @@ class Outcome:
     status_patch: dict[str, Any] | None = None
     events: list[Event] = field(default_factory=list)
     retry_after: float | None = None
+
+
+class Waiting(Exception):
+    """Planning waits for something it started (reading a PVC model's config.json): say so in status."""
 
 
 class RetryLater(Exception):
@@ -189,6 +195,8 @@ class ModelReconciler:
     def __init__(self, kube: Kube, hub: HubClient) -> None:
         self.kube = kube
         self.hub = hub
+        # config.json read from PVC sources, by the inspect Job's uid (a Job's result never changes).
+        self._pvc_configs: dict[str, dict[str, Any]] = {}
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
@@ -201,6 +209,24 @@ class ModelReconciler:
         except PermanentFailure as failure:
             status = self._failed_status(old_status, failure, generation, now)
             events = [Event("Warning", failure.reason, failure.message)]
+        except Waiting as waiting:
+            status = {k: v for k, v in old_status.items() if k not in ("conditions", "phase", "message")}
+            status.update(
+                phase="Planning",
+                message=str(waiting),
+                conditions=[
+                    condition(
+                        old_status.get("conditions", []),
+                        type_="Planned",
+                        status=None,
+                        reason="ReadingSource",
+                        message=str(waiting),
+                        generation=generation,
+                        now=now,
+                    )
+                ],
+            )
+            events = []
         status["observedGeneration"] = generation
         patch = merge_patch_for(old_status, status)
         if patch is not None:
@@ -256,7 +282,7 @@ class ModelReconciler:
             raise PermanentFailure("InvalidSpec", format_validation_error(error)) from error
         owner = Owner(api_version=API_VERSION, kind="QuantizedModel", name=name, uid=uid)
 
-        source, resolved_source, config = await self._resolve_source(namespace, spec, old)
+        source, resolved_source, config = await self._resolve_source(namespace, spec, old, owner)
         try:
             gpu = await resolve_gpu(self.kube, spec.serving.gpu_class)
         except UnknownGPUClass as error:
@@ -400,15 +426,14 @@ class ModelReconciler:
         return status, events
 
     async def _resolve_source(
-        self, namespace: str, spec: QuantizedModelSpec, old: Mapping[str, Any]
+        self, namespace: str, spec: QuantizedModelSpec, old: Mapping[str, Any], owner: Owner
     ) -> tuple[ModelSource, str, dict[str, Any]]:
         """The source pinned to a commit (resolved once, then kept in status) and its config.json."""
         hf = spec.source.huggingface
         if hf is None:
-            raise PermanentFailure(
-                "UnsupportedSource",
-                "spec.source.pvc: planning from a PVC source is not supported yet; use spec.source.huggingface",
-            )
+            assert spec.source.pvc is not None
+            pvc_config = await self._inspect_pvc(namespace, spec, owner)
+            return spec.source, f"pvc:{spec.source.pvc.claim_name}:{spec.source.pvc.path}", pvc_config
         requested = f"{hf.repo}@{hf.revision}"
         token = await self._read_token(namespace, spec)
         try:
@@ -423,6 +448,51 @@ class ModelReconciler:
             raise
         pinned = ModelSource.model_validate({"huggingface": {**hf.to_wire(), "revision": sha}})
         return pinned, requested, config
+
+    async def _inspect_pvc(self, namespace: str, spec: QuantizedModelSpec, owner: Owner) -> dict[str, Any]:
+        """config.json of a model on a PVC, read by a small CPU Job (the operator mounts no user volumes)."""
+        pvc = spec.source.pvc
+        assert pvc is not None
+        job_name = inspect_job_name(owner.name, pvc.claim_name, pvc.path)
+        job = await self.kube.get("Job", namespace, job_name)
+        where = f"{pvc.path.rstrip('/')}/config.json on PersistentVolumeClaim {pvc.claim_name}"
+        if job is None:
+            await self.kube.create(
+                build_inspect_job(
+                    model=owner,
+                    namespace=namespace,
+                    name=job_name,
+                    source=pvc,
+                    image=spec.quantize_job.image,
+                    pod_annotations=dict(spec.quantize_job.pod_annotations),
+                )
+            )
+            raise Waiting(f"reading {where}")
+        cached = self._pvc_configs.get(job["metadata"]["uid"])
+        if cached is not None:
+            return cached
+        state, job_message = job_state(job)
+        if state == "Running" or state == "Missing":
+            raise Waiting(f"reading {where}")
+        pods = await self.kube.list("Pod", namespace, label_selector=f"job-name={job_name}")
+        if state == "Failed":
+            detail = termination_message(pods, phase="Failed") or job_message
+            raise PermanentFailure(
+                "SourceUnreadable", f"spec.source.pvc: cannot read {where}: {detail}"[:1000]
+            )
+        text = termination_message(pods, phase="Succeeded") or ""
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PermanentFailure(
+                "InvalidModelConfig",
+                f"spec.source.pvc: {where} is not valid JSON or is larger than the 4096 bytes a termination"
+                f" message holds ({error.msg})",
+            ) from error
+        if not isinstance(config, dict):
+            raise PermanentFailure("InvalidModelConfig", f"spec.source.pvc: {where} is not a JSON object")
+        self._pvc_configs[job["metadata"]["uid"]] = config
+        return config
 
     async def _read_token(self, namespace: str, spec: QuantizedModelSpec) -> str | None:
         hf = spec.source.huggingface

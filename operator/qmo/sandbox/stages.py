@@ -10,6 +10,8 @@ failure paths without a real container:
   with ``restartCount: 1``, as a kubelet shows a crashing server (a Job with ``OnFailure`` sees the restart).
 - ``qmo.dev/sandbox-start-delay`` / ``qmo.dev/sandbox-run-duration``: Go durations (``"3s"``) overriding
   the sandbox defaults for this pod.
+- ``qmo.dev/sandbox-termination-message``: what the container "wrote" to its termination-message path,
+  reported in its terminated state (how a test plays a worker's JSON summary or a copied config.json).
 
 The rules follow kwok's own ``kustomize/stage/{node,pod}/fast`` stages, with the failure rule added.
 """
@@ -25,6 +27,7 @@ FAIL_ANNOTATION = "qmo.dev/sandbox-fail"
 EXIT_CODE_ANNOTATION = "qmo.dev/sandbox-exit-code"
 START_DELAY_ANNOTATION = "qmo.dev/sandbox-start-delay"
 RUN_DURATION_ANNOTATION = "qmo.dev/sandbox-run-duration"
+TERMINATION_MESSAGE_ANNOTATION = "qmo.dev/sandbox-termination-message"
 
 NOT_DELETING = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
 RUNNING = {"key": ".status.phase", "operator": "In", "values": ["Running"]}
@@ -164,6 +167,7 @@ containerStatuses:
 """
         + f"      exitCode: {exit_code}\n"
         + f"      reason: {reason}\n"
+        + f'      message: {{{{ or (index $.metadata.annotations "{TERMINATION_MESSAGE_ANNOTATION}") "" | Quote }}}}\n'
         + """\
       finishedAt: {{ $now | Quote }}
       startedAt: {{ $now | Quote }}
