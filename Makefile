@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv test test-unit test-cluster test-worker lint demo sandbox-build clean
+.PHONY: venv tools test test-unit test-cluster test-worker lint demo sandbox-build clean
 
 venv: $(STAMP)
 
@@ -13,6 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,quantizer]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+# System tools the tests use: Lua 5.1 runs the Argo CD health checks (Debian package, installed once).
+tools:
+	@command -v lua5.1 >/dev/null || { echo "installing lua5.1 (Argo CD health-check tests)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq lua5.1; }
 
 # Builds the pinned control-plane binaries once into ~/.cache/qmo (a warm cache does not rebuild).
 sandbox-build: venv
@@ -25,10 +31,10 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # Everything: lint, pure unit tests, the quantizer on CPU, and the real control plane.
-test: venv lint sandbox-build
+test: venv tools lint sandbox-build
 	$(PY) -m pytest tests
 
-test-unit: venv
+test-unit: venv tools
 	$(PY) -m pytest tests/unit
 
 test-worker: venv
