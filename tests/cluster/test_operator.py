@@ -424,15 +424,16 @@ def test_serving_only_change_rolls_the_deployment_on_the_same_artifact(k: Kube) 
     assert len(k.list("jobs", "app.kubernetes.io/component=quantizer")) == 1
 
 
+MODELS_CLAIM = {
+    "apiVersion": "v1",
+    "kind": "PersistentVolumeClaim",
+    "metadata": {"name": "models"},
+    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "100Gi"}}},
+}
+
+
 def test_pvc_source_is_planned_from_the_config_its_inspect_job_reads(k: Kube) -> None:
-    k.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models"},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "100Gi"}}},
-        }
-    )
+    k.apply(MODELS_CLAIM)
     manifest = model(
         "from-pvc",
         method="w8a8",
@@ -458,6 +459,7 @@ def test_pvc_source_is_planned_from_the_config_its_inspect_job_reads(k: Kube) ->
 
 
 def test_unreadable_pvc_config_fails_with_the_path(k: Kube) -> None:
+    k.apply(MODELS_CLAIM)
     manifest = model(
         "bad-pvc",
         quantize_job={"podAnnotations": {stages.TERMINATION_MESSAGE_ANNOTATION: "not json"}},
@@ -467,6 +469,15 @@ def test_unreadable_pvc_config_fails_with_the_path(k: Kube) -> None:
     failed = k.wait_phase("bad-pvc", "Failed")
     assert "/nowhere/config.json" in failed["status"]["message"]
     assert k.list("modelartifacts") == []
+
+
+def test_a_claim_in_another_namespace_cannot_be_used(k: Kube) -> None:
+    manifest = model("elsewhere")
+    manifest["spec"]["source"] = {"pvc": {"claimName": "models", "path": "/llama"}}
+    k.apply(manifest)
+    failed = k.wait_phase("elsewhere", "Failed")
+    assert "spec.source.pvc.claimName" in failed["status"]["message"]
+    assert k.list("jobs") == []
 
 
 def test_the_workers_summary_lands_in_the_artifact_status(k: Kube) -> None:

@@ -457,6 +457,12 @@ class ModelReconciler:
         job = await self.kube.get("Job", namespace, job_name)
         where = f"{pvc.path.rstrip('/')}/config.json on PersistentVolumeClaim {pvc.claim_name}"
         if job is None:
+            if await self.kube.get("PersistentVolumeClaim", namespace, pvc.claim_name) is None:
+                raise PermanentFailure(
+                    "SourceNotFound",
+                    f"spec.source.pvc.claimName: PersistentVolumeClaim {pvc.claim_name!r} not found in namespace"
+                    f" {namespace} (a model can only read claims in its own namespace)",
+                )
             await self.kube.create(
                 build_inspect_job(
                     model=owner,
