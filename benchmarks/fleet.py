@@ -13,6 +13,7 @@ import argparse
 import json
 import re
 import ssl
+import subprocess
 import tempfile
 import time
 import urllib.request

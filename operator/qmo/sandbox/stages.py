@@ -167,7 +167,10 @@ containerStatuses:
 """
         + f"      exitCode: {exit_code}\n"
         + f"      reason: {reason}\n"
-        + f'      message: {{{{ or (index $.metadata.annotations "{TERMINATION_MESSAGE_ANNOTATION}") "" | Quote }}}}\n'
+        # `with`: a pod without annotations has a nil map, which `index` refuses.
+        + "      message: {{ with $.metadata.annotations }}"
+        + f'{{{{ or (index . "{TERMINATION_MESSAGE_ANNOTATION}") "" | Quote }}}}'
+        + '{{ else }}""{{ end }}\n'
         + """\
       finishedAt: {{ $now | Quote }}
       startedAt: {{ $now | Quote }}
