@@ -127,8 +127,15 @@ def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:
         operator.start()
         try:
             started = time.monotonic()
-            cluster.kubectl(
-                "apply", "-f", "-", input=json.dumps(models(args.models, args.artifacts, "fleet"))
+            # One POST per model; SessionCluster.kubectl's 60 s limit is too short for hundreds of them.
+            subprocess.run(
+                [str(cluster.bin_dir / "kubectl"), "create", "-f", "-"],
+                input=json.dumps(models(args.models, args.artifacts, "fleet")),
+                env=cluster.env(),
+                text=True,
+                check=True,
+                capture_output=True,
+                timeout=1200,
             )
 
             def all_ready() -> bool:
