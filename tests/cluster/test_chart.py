@@ -177,7 +177,8 @@ class Models:
 def assert_no_permission_trouble(operator: OperatorProcess) -> None:
     """The operator did the work itself and the API server refused it nothing."""
     log = operator.log_tail(100000)
-    for refusal in ("403", "Forbidden", "forbidden", "Not enough permissions"):
+    # Not a bare "403": log timestamps have milliseconds (",403").
+    for refusal in ("403 Forbidden", "status=403", "Forbidden", "forbidden", "Not enough permissions"):
         assert refusal not in log, f"the operator was refused something ({refusal!r}):\n{operator.log_tail()}"
     assert operator.metric_value("qmo_reconcile_errors_total") == 0, operator.log_tail()
     assert operator.metric_value("qmo_api_requests_total", verb="POST") > 0
