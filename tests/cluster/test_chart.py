@@ -426,3 +426,61 @@ def test_cluster_wide_mode_grants_nothing_beyond_need(
             assert not can_i(cluster, subject, verb, resource, "default"), f"{verb} {resource} is granted"
     finally:
         helm(cluster, "uninstall", "qmo-rbac", "-n", system, "--wait", check=False)
+
+
+def test_peering_pauses_a_second_operator_until_the_first_is_gone(
+    cluster: SessionCluster, chart_crds: None, make_namespace: Callable[[], str], tmp_path: Path
+) -> None:
+    system = make_namespace()
+    options = {
+        "peering.enabled": "true",
+        "peering.name": "qmo-test",
+        "gpuClasses.create": "false",
+        "replicas": "0",
+    }
+    helm(cluster, "install", "qmo-peer", str(CHART), "-n", system, *set_args(options))
+    try:
+        kubeconfig = service_account_kubeconfig(
+            cluster, system, "qmo-peer-quantized-model-operator", tmp_path / "sa.yaml"
+        )
+        first_logs, second_logs = tmp_path / "first", tmp_path / "second"
+        first_logs.mkdir()
+        second_logs.mkdir()
+        first = OperatorProcess(
+            cluster, "http://127.0.0.1:9", first_logs, kubeconfig=kubeconfig, peering="qmo-test"
+        )
+        second = OperatorProcess(
+            cluster, "http://127.0.0.1:9", second_logs, kubeconfig=kubeconfig, peering="qmo-test"
+        )
+
+        def peers() -> int:
+            peering = json.loads(
+                cluster.kubectl("get", "clusterkopfpeering", "qmo-test", "-o", "json").stdout
+            )
+            return len(peering.get("status") or {})
+
+        first.start()
+        try:
+            wait_for(lambda: peers() == 1, timeout=30, description="the first operator's keep-alive")
+            second.start()
+            try:
+                wait_for(
+                    lambda: "Pausing all operators" in first.log_tail(100000),
+                    timeout=30,
+                    description="both operators to pause for each other",
+                )
+                first.stop()  # a clean exit removes it from the peering
+                wait_for(
+                    lambda: "Resuming operations" in second.log_tail(100000),
+                    timeout=30,
+                    description="the second operator to take over",
+                )
+                for operator in (first, second):
+                    log = operator.log_tail(100000)
+                    assert "Forbidden" not in log and "forbidden" not in log, log
+            finally:
+                second.stop()
+        finally:
+            first.stop()
+    finally:
+        helm(cluster, "uninstall", "qmo-peer", "-n", system, "--wait", check=False)

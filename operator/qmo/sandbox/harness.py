@@ -90,7 +90,8 @@ class OperatorProcess:
     """``qmo run`` as a subprocess against the test cluster: started, SIGKILLed and restarted at will.
 
     ``kubeconfig`` runs it with other credentials than the cluster admin's (e.g. a ServiceAccount token,
-    to prove the chart's RBAC suffices); ``namespaces`` watches only those (``qmo run --namespace``).
+    to prove the chart's RBAC suffices); ``namespaces`` watches only those (``qmo run --namespace``);
+    ``peering`` joins that kopf peering (``qmo run --peering``) instead of running standalone.
     """
 
     def __init__(
@@ -102,10 +103,12 @@ class OperatorProcess:
         resync_seconds: float = 3,
         kubeconfig: Path | None = None,
         namespaces: Sequence[str] = (),
+        peering: str = "",
     ) -> None:
         self.cluster = cluster
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.namespaces = tuple(namespaces)
+        self.peering = peering
         self.hub_url = hub_url
         self.log_dir = log_dir
         self.resync_seconds = resync_seconds
@@ -139,6 +142,7 @@ class OperatorProcess:
                     "--resync-seconds",
                     str(self.resync_seconds),
                     *(arg for namespace in self.namespaces for arg in ("--namespace", namespace)),
+                    *(("--peering", self.peering) if self.peering else ()),
                 ],
                 env=env,
                 stdout=log,
