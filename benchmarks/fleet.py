@@ -153,8 +153,11 @@ def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:
                 ).stdout
             )["items"]
 
-            # Steady state: let the last status writes land, then count writes over the window.
-            time.sleep(5)  # a measurement window, not a wait for a condition
+            # Steady state starts after one full resync period: artifacts recount their users on their own
+            # resync timer, so those status writes are still settling, not steady state.
+            time.sleep(
+                args.resync_seconds + 5
+            )  # a settling window of known length, not a wait for a condition
             before = apiserver_writes(cluster)
             reconciles_before = operator.metric_value("qmo_reconcile_duration_seconds_count")
             time.sleep(args.steady_seconds)  # the measurement window itself
