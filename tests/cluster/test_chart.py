@@ -348,14 +348,25 @@ def test_namespaced_mode_grants_only_the_watched_namespaces(
         str(CHART),
         "-n",
         system,
-        *set_args({"watchNamespaces": "{" + team + "}", "gpuClasses.create": "false", "replicas": "0"}),
+        *set_args(
+            {
+                "watchNamespaces": "{" + team + "}",
+                "rbac.tokenSecretNames": "{hf-token}",
+                "gpuClasses.create": "false",
+                "replicas": "0",
+            }
+        ),
     )
     account = "qmo-ns-quantized-model-operator"
     subject = f"system:serviceaccount:{system}:{account}"
     try:
-        for verb, resource in granted_rules("namespaced", "tokenSecrets"):
+        for verb, resource in granted_rules("namespaced"):
             assert can_i(cluster, subject, verb, resource, team), f"{verb} {resource} in {team}"
             assert not can_i(cluster, subject, verb, resource, other), f"{verb} {resource} in {other}"
+        # rbac.tokenSecretNames narrows Secrets to the named token.
+        assert can_i(cluster, subject, "get", "secrets/hf-token", team)
+        assert not can_i(cluster, subject, "get", "secrets/other", team)
+        assert not can_i(cluster, subject, "get", "secrets/hf-token", other)
         for verb, resource in granted_rules("cluster", "namespacedMode"):
             assert can_i(cluster, subject, verb, resource, None), f"{verb} {resource}"
         assert not can_i(cluster, subject, "list", "quantizedmodels.qmo.dev", None), "cluster-wide list"
