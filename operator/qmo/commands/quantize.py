@@ -1,0 +1,104 @@
+"""``qmo quantize``: the quantize Job's entry point (DESIGN §7). Heavy libraries load only when it runs.
+
+Flags are a contract with the operator (operator/qmo/desired/artifact.py builds them):
+``--method --out --key --termination-log``, the source (``--source PATH`` or ``--hf-repo R --revision SHA``),
+the recipe (``--backend --bits --group-size --symmetric/--asymmetric --act-order --dampening --ignore``) and
+calibration (``--calibration-dir | --calibration-jsonl | --calibration-dataset``, ``--calibration-samples``,
+``--calibration-seq-len``). Exit 0: done (or already done); 2: refused before any work; 1: failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from qmo.quantizer.recipes import BACKENDS
+
+    parser.add_argument(
+        "--method", required=True, help="awq | gptq | w8a8 | fp8 | fp8-dynamic | nvfp4 | none | prequantized"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output directory, e.g. /cache/<key>")
+    parser.add_argument("--key", help="the artifact's content key, recorded in the manifest")
+    parser.add_argument(
+        "--source", type=Path, help="a local directory (or mounted PVC path) holding the model"
+    )
+    parser.add_argument("--hf-repo", help="Hugging Face repository (token from $HF_TOKEN)")
+    parser.add_argument("--revision", help="commit sha (or branch) of --hf-repo")
+    parser.add_argument("--backend", default="llm-compressor", choices=BACKENDS)
+    parser.add_argument("--bits", type=int)
+    parser.add_argument("--group-size", type=int, default=128)
+    symmetric = parser.add_mutually_exclusive_group()
+    symmetric.add_argument("--symmetric", dest="symmetric", action="store_true", default=None)
+    symmetric.add_argument("--asymmetric", dest="symmetric", action="store_false")
+    parser.add_argument("--act-order", action="store_true")
+    parser.add_argument("--dampening", type=float, default=0.01)
+    parser.add_argument(
+        "--ignore", action="append", default=None, help="module kept in full precision (repeatable)"
+    )
+    calibration = parser.add_mutually_exclusive_group()
+    calibration.add_argument(
+        "--calibration-dir", type=Path, help="a directory of text files (a mounted ConfigMap)"
+    )
+    calibration.add_argument("--calibration-jsonl", type=Path, help='a JSONL file of {"text": ...} lines')
+    calibration.add_argument("--calibration-dataset", help="a Hugging Face dataset with a 'text' column")
+    parser.add_argument("--calibration-samples", type=int, default=256)
+    parser.add_argument("--calibration-seq-len", type=int, default=2048)
+    parser.add_argument("--termination-log", type=Path, default=None, help="where the JSON summary goes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from qmo.quantizer.recipes import Recipe, RecipeError, validate
+    from qmo.quantizer.worker import Options, WorkerError
+    from qmo.quantizer.worker import run as run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recipe = Recipe(
+        method=args.method,
+        bits=args.bits,
+        group_size=args.group_size,
+        symmetric=args.symmetric,
+        act_order=args.act_order,
+        dampening=args.dampening,
+        backend=args.backend,
+        ignore=tuple(args.ignore if args.ignore is not None else ["lm_head"]),
+        calibration_samples=args.calibration_samples,
+        calibration_seq_len=args.calibration_seq_len,
+    )
+    options = Options(
+        recipe=recipe,
+        out=args.out,
+        source=args.source,
+        hf_repo=args.hf_repo,
+        revision=args.revision,
+        key=args.key,
+        calibration_dir=args.calibration_dir,
+        calibration_jsonl=args.calibration_jsonl,
+        calibration_dataset=args.calibration_dataset,
+        termination_log=args.termination_log,
+    )
+    try:
+        validate(recipe)
+        summary = run_worker(options)
+    except RecipeError as error:
+        print(f"qmo quantize: {error}", file=sys.stderr)
+        _fail(args.termination_log, str(error))
+        return 2
+    except WorkerError as error:
+        print(f"qmo quantize: {error}", file=sys.stderr)
+        _fail(args.termination_log, str(error))
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _fail(path: Path | None, message: str) -> None:
+    """The reason goes to the termination message too, which the operator copies into status."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.write_text(message[:4000])

@@ -1,0 +1,180 @@
+"""The quantizer on CPU: real llm-compressor on a tiny random Llama, reloaded with transformers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qmo.planner import predict_checkpoint_bytes
+from qmo.quantizer.recipes import Recipe
+from qmo.quantizer.worker import MANIFEST, Options, run, sha256_of
+
+METHODS: list[tuple[str, dict[str, Any], str]] = [
+    ("gptq", {"bits": 4}, "pack-quantized"),
+    ("awq", {}, "pack-quantized"),
+    ("w8a8", {}, "int-quantized"),
+    ("fp8-dynamic", {}, "float-quantized"),
+]
+
+
+def tensor_bytes(directory: Path) -> int:
+    """Sum of tensor data in the safetensors files (what the planner predicts; headers excluded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in directory.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                tensor = handle.get_tensor(name)
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+@pytest.fixture(scope="module")
+def outputs(
+    tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, dict[str, Any]]]:
+    results = {}
+    for method, extra, _ in METHODS:
+        out = tmp_path_factory.mktemp(method) / "artifact"
+        recipe = Recipe(method=method, calibration_samples=8, calibration_seq_len=32, **extra)
+        log = out.parent / "termination-log"
+        summary = run(Options(recipe=recipe, out=out, source=tiny_llama, key="k" * 64, termination_log=log))
+        results[method] = (out, summary)
+    return results
+
+
+@pytest.mark.parametrize(("method", "extra", "format_"), METHODS)
+def test_output_is_a_compressed_tensors_checkpoint_vllm_loads(
+    outputs: dict[str, tuple[Path, dict[str, Any]]], method: str, extra: dict[str, Any], format_: str
+) -> None:
+    out, _ = outputs[method]
+    config = json.loads((out / "config.json").read_text())
+    quantization = config["quantization_config"]
+    assert quantization["quant_method"] == "compressed-tensors"
+    assert quantization["format"] == format_
+    assert quantization["config_groups"]
+    assert "lm_head" in quantization["ignore"]
+    assert (out / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize(("method", "extra", "format_"), METHODS)
+def test_logits_stay_close_to_the_source(
+    outputs: dict[str, tuple[Path, dict[str, Any]]], method: str, extra: dict[str, Any], format_: str
+) -> None:
+    _, summary = outputs[method]
+    validation = summary["validation"]
+    assert validation["prompts"] == 3
+    # Random weights are the hardest case for 4 bits; still, the result must track the source closely.
+    assert validation["relative_logit_error"] < (0.35 if method in ("gptq", "awq") else 0.1), validation
+    assert validation["top1_agreement"] >= 0.5, validation
+
+
+@pytest.mark.parametrize(("method", "extra", "format_"), METHODS)
+def test_bytes_on_disk_match_the_planner_within_one_percent(
+    tiny_llama: Path,
+    outputs: dict[str, tuple[Path, dict[str, Any]]],
+    method: str,
+    extra: dict[str, Any],
+    format_: str,
+) -> None:
+    out, _ = outputs[method]
+    config = json.loads((tiny_llama / "config.json").read_text())
+    predicted = predict_checkpoint_bytes(config, quantization=method, bits=extra.get("bits"))
+    measured = tensor_bytes(out)
+    assert abs(predicted - measured) / measured < 0.01, (method, predicted, measured)
+
+
+def test_manifest_lists_every_file_with_its_digest(outputs: dict[str, tuple[Path, dict[str, Any]]]) -> None:
+    out, summary = outputs["gptq"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    on_disk = {p.name for p in out.iterdir() if p.name != MANIFEST}
+    assert set(listed) == on_disk
+    for name, entry in listed.items():
+        assert entry["sha256"] == sha256_of(out / name)
+        assert entry["size"] == (out / name).stat().st_size
+    assert summary["manifest_sha256"] == sha256_of(out / MANIFEST)
+    assert manifest["versions"]["llmcompressor"]
+    termination = json.loads((out.parent / "termination-log").read_text())
+    assert termination["size_bytes"] == manifest["size_bytes"]
+    assert len((out.parent / "termination-log").read_bytes()) <= 4096
+
+
+def test_a_finished_output_is_verified_and_reused(
+    tiny_llama: Path, outputs: dict[str, tuple[Path, dict[str, Any]]]
+) -> None:
+    out, first = outputs["fp8-dynamic"]
+    again = run(Options(recipe=Recipe(method="fp8-dynamic"), out=out, source=tiny_llama))
+    assert again["reused"] is True
+    assert again["manifest_sha256"] == first["manifest_sha256"]
+
+
+def test_a_killed_run_leaves_no_output_and_a_rerun_starts_clean(tiny_llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "artifact"
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "import qmo.quantizer.worker as worker\n"
+        "def die(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "worker.write_manifest = die\n"  # killed after the weights are written, before the rename
+        "from qmo.quantizer.recipes import Recipe\n"
+        f"worker.run(worker.Options(recipe=Recipe(method='none'), out=Path({str(out)!r}), source=Path({str(tiny_llama)!r})))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert result.returncode == -9
+    assert not out.exists()
+    assert (tmp_path / "artifact.partial" / "config.json").is_file()
+    summary = run(Options(recipe=Recipe(method="none"), out=out, source=tiny_llama))
+    assert out.is_dir() and not (tmp_path / "artifact.partial").exists()
+    assert summary["reused"] is False
+
+
+def test_unsupported_combinations_fail_at_once_with_the_flag(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qmo",
+            "quantize",
+            "--method",
+            "awq",
+            "--bits",
+            "8",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--bits 8" in result.stderr and "awq" in result.stderr
+    legacy = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qmo",
+            "quantize",
+            "--method",
+            "gptq",
+            "--backend",
+            "autogptq",
+            "--out",
+            str(tmp_path / "y"),
+            "--source",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert legacy.returncode == 2
+    assert "quantizer-legacy" in legacy.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
