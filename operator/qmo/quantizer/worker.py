@@ -190,7 +190,7 @@ def quantize_into(source: Path, partial: Path, options: Options) -> dict[str, An
     """Run llm-compressor on the source and save a compressed-tensors checkpoint into ``partial``."""
     import torch
     from datasets import Dataset
-    from llmcompressor import oneshot
+    from llmcompressor import oneshot  # type: ignore[attr-defined]  # re-exported without __all__
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe = options.recipe
@@ -269,7 +269,7 @@ def library_versions() -> dict[str, str]:
 
 
 def write_manifest(directory: Path, options: Options, validation: dict[str, Any] | None) -> dict[str, Any]:
-    files = [
+    files: list[dict[str, Any]] = [
         {"path": str(p.relative_to(directory)), "size": p.stat().st_size, "sha256": sha256_of(p)}
         for p in files_of(directory)
     ]
