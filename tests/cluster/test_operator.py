@@ -504,3 +504,29 @@ def test_the_workers_summary_lands_in_the_artifact_status(k: Kube) -> None:
     assert status["quantizeSeconds"] == 812.4
     assert status["validation"]["top1_agreement"] == 0.97
     assert status["versions"]["llmcompressor"] == "0.14.0.1"
+
+
+def test_every_pod_qmo_creates_passes_the_restricted_pod_security_level(
+    k: Kube, cluster: SessionCluster
+) -> None:
+    cluster.kubectl(
+        "label", "namespace", k.namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite"
+    )
+    k.apply(MODELS_CLAIM)
+    manifest = model(
+        "restricted",
+        method="gptq",
+        serving={"tensorParallelSize": 2},  # TP > 1 adds the /dev/shm memory volume
+        quantize_job={
+            "podAnnotations": {stages.TERMINATION_MESSAGE_ANNOTATION: json.dumps(example_config())}
+        },
+    )
+    manifest["spec"]["source"] = {"pvc": {"claimName": "models", "path": "/llama"}}  # the inspect Job too
+    k.apply(manifest)
+    k.wait_phase("restricted", "Ready")
+    components = {p["metadata"]["labels"].get("app.kubernetes.io/component") for p in k.list("pods")}
+    assert components == {"inspector", "quantizer", "serving"}
+    k.delete("qm", "restricted")
+    wait_for(
+        lambda: not k.list("modelartifacts"), timeout=90, description="eviction (the evict Job's pod too)"
+    )
