@@ -1,7 +1,7 @@
 """The Helm chart's data, checked against the code it packages, without helm or a cluster.
 
 What needs helm (lint, template) or an API server (dry-run, install, RBAC) lives in
-tests/cluster/test_chart.py. Here: the chart's CRDs are the generated ones, its default GPUClasses are the
+tests/cluster/test_chart_on_cluster.py. Here: the chart's CRDs are the generated ones, its default GPUClasses are the
 planner's catalog, its RBAC grants exactly the API calls qmo's code makes, and docs/reference.md is the
 CRD schema rendered.
 """
