@@ -102,15 +102,7 @@ def main() -> None:
             context="qmo-fleet",
         )
         plane.start(timeout=180)
-        assert plane.state is not None
-        cluster = SessionCluster(
-            kubeconfig=plane.kubeconfig,
-            bin_dir=result.bin_dir,
-            directory=plane.directory,
-            server=f"https://127.0.0.1:{plane.state.ports.apiserver}",
-            ca_cert=plane.pki.ca_cert,
-            plane=plane,
-        )
+        cluster = SessionCluster.of(plane, result.bin_dir)
         try:
             run(cluster, args, Path(tmp))
         finally:

@@ -50,15 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionCluster
     atexit.register(plane.stop)
     try:
         plane.start(timeout=120)
-        assert plane.state is not None
-        yield SessionCluster(
-            kubeconfig=plane.kubeconfig,
-            bin_dir=result.bin_dir,
-            directory=plane.directory,
-            server=f"https://127.0.0.1:{plane.state.ports.apiserver}",
-            ca_cert=plane.pki.ca_cert,
-            plane=plane,
-        )
+        yield SessionCluster.of(plane, result.bin_dir)
     finally:
         plane.stop(remove=True)
         atexit.unregister(plane.stop)

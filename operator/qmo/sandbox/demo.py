@@ -40,15 +40,8 @@ class DemoContext:
     plane: ControlPlane | None = None
 
     def session(self) -> SessionCluster:
-        assert self.plane is not None and self.plane.state is not None and self.kubeconfig is not None
-        return SessionCluster(
-            kubeconfig=self.kubeconfig,
-            bin_dir=self.sandbox.paths.bin_dir,
-            directory=self.plane.directory,
-            server=f"https://127.0.0.1:{self.plane.state.ports.apiserver}",
-            ca_cert=self.plane.pki.ca_cert,
-            plane=self.plane,
-        )
+        assert self.plane is not None
+        return SessionCluster.of(self.plane, self.sandbox.paths.bin_dir)
 
     def kubectl(self, *args: str) -> None:
         """Run kubectl against the sandbox, echoing the command as a user would type it."""

@@ -31,6 +31,19 @@ class SessionCluster:
     ca_cert: Path
     plane: ControlPlane
 
+    @classmethod
+    def of(cls, plane: ControlPlane, bin_dir: Path) -> SessionCluster:
+        """The running control plane ``plane`` (started), seen through the binaries in ``bin_dir``."""
+        assert plane.state is not None, "the control plane is not started"
+        return cls(
+            kubeconfig=plane.kubeconfig,
+            bin_dir=bin_dir,
+            directory=plane.directory,
+            server=f"https://127.0.0.1:{plane.state.ports.apiserver}",
+            ca_cert=plane.pki.ca_cert,
+            plane=plane,
+        )
+
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
