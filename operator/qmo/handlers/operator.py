@@ -168,7 +168,9 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
 
     @kopf.on.delete(GROUP, "quantizedmodels", id="forget-model", optional=True, registry=registry)
     async def model_deleted(body: kopf.Body, **_: Any) -> None:
-        runtime().metrics.forget_model(body["metadata"]["namespace"], body["metadata"]["name"])
+        rt = runtime()
+        rt.metrics.forget_model(body["metadata"]["namespace"], body["metadata"]["name"])
+        rt.locks.pop(body["metadata"]["uid"], None)
 
     # ModelArtifact: the same, plus eviction of its files before it goes (the finalizer).
     @kopf.on.resume(GROUP, "modelartifacts", id="reconcile-artifact", registry=registry)
@@ -187,6 +189,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         rt = runtime()
         if not await rt.artifacts.evict(body):
             raise kopf.TemporaryError("waiting for the evict Job to delete the files", delay=2)
+        rt.locks.pop(body["metadata"]["uid"], None)
 
     # Children: a change in an artifact, Job or Deployment wakes its owner up at once (level-based: the
     # owner is re-read and reconciled as a whole; the event only says when).
