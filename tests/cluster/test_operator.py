@@ -530,3 +530,31 @@ def test_every_pod_qmo_creates_passes_the_restricted_pod_security_level(
     wait_for(
         lambda: not k.list("modelartifacts"), timeout=90, description="eviction (the evict Job's pod too)"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate"),
+    [
+        ("no-layers", lambda c: c.pop("num_hidden_layers")),
+        ("text-heads", lambda c: c.update(num_attention_heads="thirty-two")),
+        ("absurd", lambda c: c.update(hidden_size=10**12, vocab_size=10**12)),
+        ("unknown-type", lambda c: c.update(model_type="made-up-llm")),
+        ("not-an-object", None),
+    ],
+)
+def test_hostile_config_json_fails_the_model_with_a_clear_reason(
+    k: Kube, hub: HubStandIn, name: str, mutate: Any
+) -> None:
+    config: Any = example_config()
+    if mutate is None:
+        config = ["not", "a", "config"]
+    else:
+        mutate(config)
+    repo = f"hostile/{name}-{k.namespace}"
+    hub.add(repo, config, sha="c" * 40)
+    k.apply(model(name, repo=repo))
+    failed = k.wait_phase(name, "Failed", timeout=60)
+    reason = {c["type"]: c for c in failed["status"]["conditions"]}["Planned"]["reason"]
+    assert reason in ("InvalidModelConfig", "DoesNotFit"), failed["status"]
+    assert failed["status"]["message"]
+    assert k.list("jobs") == [] and k.list("modelartifacts") == []

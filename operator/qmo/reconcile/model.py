@@ -291,6 +291,13 @@ class ModelReconciler:
             serving_plan = plan(config, plan_request(spec), gpu.spec)
         except PlanningError as error:
             raise PermanentFailure("InvalidModelConfig", str(error)) from error
+        except (ArithmeticError, LookupError, TypeError, ValueError) as error:
+            # A config.json the planner did not anticipate: a bug to fix in the planner, but never a reason
+            # to retry this model forever. Fail it with what went wrong; the traceback goes to the log.
+            log.exception("planning %s/%s failed unexpectedly", namespace, name)
+            raise PermanentFailure(
+                "InvalidModelConfig", f"config.json could not be planned: {type(error).__name__}: {error}"
+            ) from error
         if not serving_plan.fits:
             raise PermanentFailure(
                 "DoesNotFit", serving_plan.reason or "the model does not fit the GPU class"
