@@ -88,6 +88,20 @@ class Credentials:
     key_file: str | None = None
     token: str | None = None
     verify: bool = True
+    # In a cluster the ServiceAccount token is a projected file the kubelet rotates: re-read it on a 401.
+    token_file: str | None = None
+
+    def current_token(self) -> str | None:
+        if self.token_file:
+            try:
+                with open(self.token_file) as handle:
+                    return handle.read().strip() or self.token
+            except OSError:
+                return self.token
+        return self.token
+
+
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
@@ -100,8 +114,10 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
         config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig, context=context, client_configuration=configuration
         )
+        token_file = None
     except (config.ConfigException, FileNotFoundError, TypeError):
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        token_file = IN_CLUSTER_TOKEN
     token = None
     authorization = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get(
         "BearerToken"
@@ -115,6 +131,7 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
         key_file=configuration.key_file,
         token=token,
         verify=bool(configuration.verify_ssl),
+        token_file=token_file,
     )
 
 
@@ -136,8 +153,7 @@ class Kube:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         headers = {"Accept": "application/json", "User-Agent": "qmo"}
-        if credentials.token:
-            headers["Authorization"] = f"Bearer {credentials.token}"
+        self._token = credentials.token
         self._session = aiohttp.ClientSession(
             base_url=credentials.server,
             headers=headers,
@@ -164,17 +180,31 @@ class Kube:
             self._on_request(method)
         url = path + (f"?{urlencode(params)}" if params else "")
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if body is not None else {}
+        for attempt in (1, 2):
+            headers = {"Content-Type": content_type} if body is not None else {}
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            status, reason, text = await self._send(method, url, data, headers)
+            if status == 401 and attempt == 1:
+                fresh = self._credentials.current_token()
+                if fresh and fresh != self._token:
+                    self._token = fresh  # the kubelet rotated the token: retry once with the new one
+                    continue
+            break
+        if status >= 400:
+            try:
+                error = json.loads(text)
+            except json.JSONDecodeError:
+                raise ApiError(status, reason, text[:500]) from None
+            raise ApiError(status, error.get("reason", ""), error.get("message", text))
+        return json.loads(text) if text else {}
+
+    async def _send(
+        self, method: str, url: str, data: str | None, headers: dict[str, str]
+    ) -> tuple[int, str, str]:
         try:
             async with self._session.request(method, url, data=data, headers=headers) as response:
-                text = await response.text()
-                if response.status >= 400:
-                    try:
-                        status = json.loads(text)
-                        raise ApiError(response.status, status.get("reason", ""), status.get("message", text))
-                    except json.JSONDecodeError:
-                        raise ApiError(response.status, response.reason or "", text[:500]) from None
-                return json.loads(text) if text else {}
+                return response.status, response.reason or "", await response.text()
         except (TimeoutError, aiohttp.ClientError) as error:
             raise ApiError(0, "Unreachable", f"{type(error).__name__}: {error}") from error
 
