@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,38 @@ def test_chosen_tp_divides_heads_and_a_fitting_plan_holds_the_context(
             assert result.kv_cache_tokens >= length * concurrency
     else:
         assert result.reason
+
+
+json_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.integers(min_value=-1, max_value=64), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(models, st.data(), json_values)
+def test_a_damaged_config_is_a_planning_error_never_a_crash(
+    name: str, data: st.DataObject, value: Any
+) -> None:
+    config = dict(MODELS[name])
+    if name == "llama-3.1-8b":
+        config["quantization_config"] = {
+            "quant_method": "awq",
+            "bits": 4,
+            "group_size": 128,
+            "zero_point": True,
+        }
+    key = data.draw(st.sampled_from(sorted(config)))
+    if isinstance(config[key], dict) and data.draw(st.booleans()):
+        inner = dict(config[key])
+        inner[data.draw(st.sampled_from(sorted(inner)))] = value
+        config[key] = inner
+    else:
+        config[key] = value
+    with contextlib.suppress(PlanningError):
+        plan(config, PlanRequest(max_model_len=1024), gpu(80.0))

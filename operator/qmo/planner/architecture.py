@@ -262,6 +262,10 @@ def _dims(cfg: _Config, *, default_max_positions: int = 4096) -> _Dims:
             f"{cfg._where('num_key_value_heads')} ({kv_heads})"
         )
     head_dim = cfg.get_int("head_dim") if cfg.has("head_dim") else hidden // heads
+    if head_dim < 1:
+        raise PlanningError(
+            f"{cfg._where('num_attention_heads')} ({heads}) is larger than {cfg._where('hidden_size')} ({hidden})"
+        )
     return _Dims(
         hidden=hidden,
         layers=cfg.get_int("num_hidden_layers"),
