@@ -174,26 +174,29 @@ def quantize_args(spec: ModelArtifactSpec) -> list[str]:
     return args
 
 
-def _job(
-    *,
-    name: str,
-    namespace: str,
-    artifact: Owner,
-    key: str,
-    component: str,
-    job: ArtifactJobSpec,
-    container: Manifest,
-    volumes: list[Manifest],
-    gpus: int,
-    backoff_limit: int,
-    deadline: int,
-    pod_annotations: dict[str, str],
-) -> Manifest:
-    labels = {
+def _artifact_labels(artifact: Owner, key: str, component: str) -> dict[str, str]:
+    return {
         **common_labels(component=component, instance=artifact.name),
         LABEL_ARTIFACT: artifact.name,
         LABEL_ARTIFACT_KEY: key_label(key),
     }
+
+
+def _job(
+    *,
+    name: str,
+    namespace: str,
+    owner: Owner,
+    labels: dict[str, str],
+    container: Manifest,
+    volumes: list[Manifest],
+    backoff_limit: int,
+    deadline: int,
+    pod_annotations: dict[str, str],
+    gpu_placement: ArtifactJobSpec | None = None,
+) -> Manifest:
+    """Every Job qmo runs: restricted, no ServiceAccount token, owned by ``owner``; GPU placement only for
+    Jobs that request GPUs (CPU Jobs may land anywhere)."""
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -201,11 +204,11 @@ def _job(
         "containers": [container],
         "volumes": volumes,
     }
-    if gpus > 0:
-        if job.node_selector:
-            pod_spec["nodeSelector"] = dict(sorted(job.node_selector.items()))
-        if job.tolerations:
-            pod_spec["tolerations"] = list(job.tolerations)
+    if gpu_placement is not None:
+        if gpu_placement.node_selector:
+            pod_spec["nodeSelector"] = dict(sorted(gpu_placement.node_selector.items()))
+        if gpu_placement.tolerations:
+            pod_spec["tolerations"] = list(gpu_placement.tolerations)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -213,7 +216,7 @@ def _job(
             "name": name,
             "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [artifact.reference(controller=True)],
+            "ownerReferences": [owner.reference(controller=True)],
         },
         "spec": {
             "backoffLimit": backoff_limit,
@@ -290,16 +293,14 @@ def build_quantize_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSp
     return _job(
         name=quantize_job_name(artifact.name),
         namespace=namespace,
-        artifact=artifact,
-        key=spec.key,
-        component="quantizer",
-        job=job,
+        owner=artifact,
+        labels=_artifact_labels(artifact, spec.key, "quantizer"),
         container=container,
         volumes=volumes,
-        gpus=job.gpus,
         backoff_limit=job.backoff_limit,
         deadline=job.active_deadline_seconds,
         pod_annotations=job.pod_annotations,
+        gpu_placement=job if job.gpus > 0 else None,
     )
 
 
@@ -320,30 +321,19 @@ def build_inspect_job(
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }
-    pod_spec: Manifest = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": RESTRICTED_POD_SECURITY,
-        "containers": [container],
-        "volumes": [
+    return _job(
+        name=name,
+        namespace=namespace,
+        owner=model,
+        labels=labels,
+        container=container,
+        volumes=[
             {"name": "source", "persistentVolumeClaim": {"claimName": source.claim_name, "readOnly": True}}
         ],
-    }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels,
-            "ownerReferences": [model.reference(controller=True)],
-        },
-        "spec": {
-            "backoffLimit": 1,
-            "activeDeadlineSeconds": 600,
-            "template": {"metadata": _pod_metadata(labels, pod_annotations), "spec": pod_spec},
-        },
-    }
+        backoff_limit=1,
+        deadline=600,
+        pod_annotations=pod_annotations,
+    )
 
 
 def build_evict_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSpec) -> Manifest:
@@ -360,13 +350,10 @@ def build_evict_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSpec)
     return _job(
         name=evict_job_name(artifact.name),
         namespace=namespace,
-        artifact=artifact,
-        key=spec.key,
-        component="evictor",
-        job=spec.job,
+        owner=artifact,
+        labels=_artifact_labels(artifact, spec.key, "evictor"),
         container=container,
         volumes=[{"name": "cache", "persistentVolumeClaim": {"claimName": spec.cache_claim_name}}],
-        gpus=0,
         backoff_limit=3,
         deadline=600,
         pod_annotations={},
