@@ -98,6 +98,7 @@ json_values = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-3, max_value=10**6),
+    st.integers(min_value=10**6, max_value=2**80),  # absurd sizes must fail fast, not exhaust memory
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=5),
     st.lists(st.integers(min_value=-1, max_value=64), max_size=3),
