@@ -146,6 +146,8 @@ def test_unknown_model_type_names_the_supported_ones() -> None:
         ({"tie_word_embeddings": "yes"}, r"'tie_word_embeddings' must be true or false"),
         ({"num_key_value_heads": 3}, r"not a multiple"),
         ({"num_hidden_layers": 0}, r"'num_hidden_layers' must be >= 1"),
+        ({"num_hidden_layers": 6.08e16}, r"'num_hidden_layers' must be <= 4096"),
+        ({"vocab_size": 2**40}, r"'vocab_size' must be <= 2147483647"),
     ],
 )
 def test_bad_keys_are_named(patch: dict[str, Any], message: str) -> None:

@@ -128,8 +128,9 @@ SUPPORTED_MODEL_TYPES = (
 
 # Ceilings far above any real checkpoint. The planner builds one entry per layer, so a hostile
 # config.json with 6e16 layers would otherwise exhaust the operator's memory instead of failing.
+# Kept per key here, not at each read, so every builder that reads a key gets the same ceiling.
 _MAX_CONFIG_INT = 2**31 - 1
-_MAX_LAYERS = 4096
+_MAX_BY_KEY = {"num_hidden_layers": 4096}
 
 
 class _Config:
@@ -145,9 +146,7 @@ class _Config:
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
 
-    def get_int(
-        self, key: str, default: int | None = None, *, minimum: int = 1, maximum: int = _MAX_CONFIG_INT
-    ) -> int:
+    def get_int(self, key: str, default: int | None = None, *, minimum: int = 1) -> int:
         value = self.data.get(key)
         if value is None:
             if default is None:
@@ -160,12 +159,13 @@ class _Config:
                 raise PlanningError(f"{self._where(key)} must be an integer, got {value!r}")
         if value < minimum:
             raise PlanningError(f"{self._where(key)} must be >= {minimum}, got {value}")
+        maximum = _MAX_BY_KEY.get(key, _MAX_CONFIG_INT)
         if value > maximum:
             raise PlanningError(f"{self._where(key)} must be <= {maximum}, got {value}")
         return value
 
-    def optional_int(self, key: str, *, minimum: int = 1, maximum: int = _MAX_CONFIG_INT) -> int | None:
-        return self.get_int(key, minimum=minimum, maximum=maximum) if self.has(key) else None
+    def optional_int(self, key: str, *, minimum: int = 1) -> int | None:
+        return self.get_int(key, minimum=minimum) if self.has(key) else None
 
     def get_bool(self, key: str, default: bool) -> bool:
         value = self.data.get(key)
@@ -278,7 +278,7 @@ def _dims(cfg: _Config, *, default_max_positions: int = 4096) -> _Dims:
         )
     return _Dims(
         hidden=hidden,
-        layers=cfg.get_int("num_hidden_layers", maximum=_MAX_LAYERS),
+        layers=cfg.get_int("num_hidden_layers"),
         heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
@@ -434,7 +434,7 @@ def _gemma_sliding(cfg: _Config, layers: int, model_type: str) -> list[bool]:
 def _vision_tower(cfg: _Config) -> list[Linear | Tensor]:
     """SigLIP vision encoder + Gemma3 projector, kept 16-bit and replicated (conservative) on every rank."""
     hidden = cfg.get_int("hidden_size")
-    layers = cfg.get_int("num_hidden_layers", maximum=_MAX_LAYERS)
+    layers = cfg.get_int("num_hidden_layers")
     inter = cfg.get_int("intermediate_size")
     patch = cfg.get_int("patch_size")
     image = cfg.get_int("image_size")
@@ -517,7 +517,7 @@ def _build_deepseek(cfg: _Config) -> Architecture:
     model_type = cfg.get_str("model_type", "")
     hidden = cfg.get_int("hidden_size")
     heads = cfg.get_int("num_attention_heads")
-    n = cfg.get_int("num_hidden_layers", maximum=_MAX_LAYERS)
+    n = cfg.get_int("num_hidden_layers")
     vocab = cfg.get_int("vocab_size")
     inter = cfg.get_int("intermediate_size")
     kv_lora = cfg.get_int("kv_lora_rank")
