@@ -5,6 +5,10 @@ that share M artifacts. Prints: time from apply to all Ready, the operator's API
 to qmo-managed resources during a steady-state window (target 0), and the operator's peak RSS.
 
     .venv/bin/python benchmarks/fleet.py --models 200 --artifacts 20 --nodes 50
+    .venv/bin/python benchmarks/fleet.py --sweep 100,300,1000 --nodes 200   # growth, one artifact per 10
+
+Steady-state writes are broken down by who wrote what (from the API server's audit log), so a non-zero
+figure names its source.
 """
 
 from __future__ import annotations
@@ -57,6 +61,24 @@ def apiserver_writes(cluster: SessionCluster) -> dict[str, float]:
     return totals
 
 
+def audit_writes_since(path: Path, offset: int) -> tuple[int, dict[str, int]]:
+    """Writes to qmo-watched resources logged after byte ``offset``: (new offset, count per source)."""
+    counts: dict[str, int] = {}
+    with path.open("rb") as log:
+        log.seek(offset)
+        data = log.read()
+    for line in data.splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if ref.get("resource") not in WATCHED or event.get("stage") != "ResponseComplete":
+            continue
+        who = str((event.get("user") or {}).get("username", "?")).rsplit(":", 1)[-1]
+        what = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        key = f"{who} {event['verb']} {what}"
+        counts[key] = counts.get(key, 0) + 1
+    return offset + len(data), counts
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -89,31 +111,68 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=50, help="fake nodes with 8 H100 each")
     parser.add_argument("--steady-seconds", type=float, default=60)
     parser.add_argument("--resync-seconds", type=float, default=30)
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="comma-separated model counts, each on a fresh control plane with one artifact per 10 models; "
+        "prints a growth table at the end",
+    )
     args = parser.parse_args()
 
     result = build.build()
+    if not args.sweep:
+        one_fleet(result.bin_dir, args, args.models, args.artifacts)
+        return
+    rows = []
+    for count in (int(part) for part in args.sweep.split(",")):
+        rows.append(one_fleet(result.bin_dir, args, count, max(1, count // 10)))
+        print(flush=True)
+    print(f"growth over {args.nodes} nodes x 8 H100 (resync {args.resync_seconds:.0f} s):")
+    header = ("models", "to Ready s", "req/model", "steady writes", "reconciles/min", "peak RSS MiB")
+    print("  " + " | ".join(f"{h:>14}" for h in header))
+    for row in rows:
+        print(
+            "  "
+            + " | ".join(
+                f"{v:>14}"
+                for v in (
+                    row["models"],
+                    f"{row['ready_seconds']:.1f}",
+                    f"{row['requests_per_model']:.1f}",
+                    f"{row['steady_writes']:.0f}",
+                    f"{row['steady_reconciles_per_minute']:.0f}",
+                    f"{row['rss_mib']:.0f}",
+                )
+            )
+        )
+
+
+def one_fleet(bin_dir: Path, args: argparse.Namespace, count: int, artifacts: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="qmo-fleet-") as tmp:
         plane = ControlPlane(
             Path(tmp) / "plane",
-            bin_dir=result.bin_dir,
+            bin_dir=bin_dir,
             fleet=nodes.parse_fleet(f"cpu:1,h100:{args.nodes}x8"),
             timings=stages.StageTimings(start_delay_ms=200, run_duration_ms=1000, node_heartbeat_ms=60000),
             ephemeral=True,
             context="qmo-fleet",
+            audit_writes=True,
         )
-        plane.start(timeout=180)
-        cluster = SessionCluster.of(plane, result.bin_dir)
+        plane.start(timeout=300)
+        cluster = SessionCluster.of(plane, bin_dir)
         try:
-            run(cluster, args, Path(tmp))
+            return run(cluster, args, Path(tmp), count, artifacts)
         finally:
             plane.stop(remove=True)
 
 
-def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:
+def run(
+    cluster: SessionCluster, args: argparse.Namespace, tmp: Path, count: int, artifact_count: int
+) -> dict[str, float]:
     install_crds(cluster)
     cluster.kubectl("create", "namespace", "fleet")
     with HubStandIn() as hub, provisioner(cluster, tmp):
-        for index in range(args.artifacts):
+        for index in range(artifact_count):
             hub.add(f"fleet/model-{index:03d}", example_config(), sha=f"{index:040x}")
         operator = OperatorProcess(cluster, hub.url, tmp, resync_seconds=args.resync_seconds)
         operator.start()
@@ -122,7 +181,7 @@ def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:
             # One POST per model; SessionCluster.kubectl's 60 s limit is too short for hundreds of them.
             subprocess.run(
                 [str(cluster.bin_dir / "kubectl"), "create", "-f", "-"],
-                input=json.dumps(models(args.models, args.artifacts, "fleet")),
+                input=json.dumps(models(count, artifact_count, "fleet")),
                 env=cluster.env(),
                 text=True,
                 check=True,
@@ -133,9 +192,9 @@ def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:
             def all_ready() -> bool:
                 listed = json.loads(cluster.kubectl("get", "qm", "-n", "fleet", "-o", "json").stdout)["items"]
                 ready = sum(1 for m in listed if m.get("status", {}).get("phase") == "Ready")
-                return ready == args.models
+                return ready == count
 
-            wait_for(all_ready, timeout=1800, interval=2, description=f"{args.models} models Ready")
+            wait_for(all_ready, timeout=3600, interval=2, description=f"{count} models Ready")
             elapsed = time.monotonic() - started
             requests = operator.metric_value("qmo_api_requests_total")
             artifacts = json.loads(cluster.kubectl("get", "ma", "-n", "fleet", "-o", "json").stdout)["items"]
@@ -151,9 +210,11 @@ def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:
                 args.resync_seconds + 5
             )  # a settling window of known length, not a wait for a condition
             before = apiserver_writes(cluster)
+            audit_offset, _ = audit_writes_since(cluster.plane.audit_log, 0)
             reconciles_before = operator.metric_value("qmo_reconcile_duration_seconds_count")
             time.sleep(args.steady_seconds)  # the measurement window itself
             after = apiserver_writes(cluster)
+            _, writers = audit_writes_since(cluster.plane.audit_log, audit_offset)
             reconciles = operator.metric_value("qmo_reconcile_duration_seconds_count") - reconciles_before
             steady_writes = {
                 r: after.get(r, 0) - before.get(r, 0) for r in after if after.get(r, 0) != before.get(r, 0)
@@ -163,15 +224,25 @@ def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:
         finally:
             operator.stop()
 
-    print(f"fleet: {args.models} QuantizedModels, {args.artifacts} sources, {args.nodes} nodes x 8 H100")
+    print(f"fleet: {count} QuantizedModels, {artifact_count} sources, {args.nodes} nodes x 8 H100")
     print(f"  artifacts created:            {len(artifacts)} (quantize Jobs: {len(jobs)})")
     print(f"  apply -> all Ready:           {elapsed:.1f} s")
     print(
-        f"  operator API requests:        {requests:.0f} ({requests / args.models:.1f} per model, reconcile only)"
+        f"  operator API requests:        {requests:.0f} ({requests / count:.1f} per model, reconcile only)"
     )
     print(f"  steady-state reconciles:      {reconciles:.0f} in {args.steady_seconds:.0f} s")
     print(f"  steady-state writes:          {sum(steady_writes.values()):.0f} {steady_writes or ''}")
-    print(f"  operator peak RSS:            {rss:.0f} MiB")
+    for writer, writes in sorted(writers.items(), key=lambda item: -item[1]):
+        print(f"    {writes:6d}  {writer}")
+    print(f"  operator peak RSS:            {rss:.0f} MiB", flush=True)
+    return {
+        "models": count,
+        "ready_seconds": elapsed,
+        "requests_per_model": requests / count,
+        "steady_writes": sum(steady_writes.values()),
+        "steady_reconciles_per_minute": reconciles * 60 / args.steady_seconds,
+        "rss_mib": rss,
+    }
 
 
 if __name__ == "__main__":

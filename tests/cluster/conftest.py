@@ -6,7 +6,9 @@ loopback ports in a temporary directory, so it never touches the user's ``qmo sa
 die with the test session, even when the session is killed.
 
 Fixtures: ``cluster`` (a qmo.sandbox.testing.SessionCluster), ``admin_client`` (a kubernetes ApiClient
-with cluster-admin rights) and ``namespace`` (a fresh namespace name, deleted after the test). Wait with
+with cluster-admin rights), ``namespace`` (a fresh namespace name, deleted after the test), ``hub`` (the
+Hugging Face stand-in), ``operator`` (one operator process for the session) and ``k`` (kubectl in the
+test's namespace, printing the operator's log tail when the test fails). Wait with
 ``qmo.sandbox.wait.wait_for``, never with sleeps.
 """
 
@@ -22,8 +24,20 @@ from kubernetes import client, config
 
 from qmo.sandbox import build, nodes
 from qmo.sandbox.cluster import ControlPlane
+from qmo.sandbox.harness import (
+    EXAMPLE_REPO,
+    EXAMPLE_SHA,
+    GATED_REPO,
+    GATED_SHA,
+    GATED_TOKEN,
+    HubStandIn,
+    OperatorProcess,
+    example_config,
+    install_crds,
+    provisioner,
+)
 from qmo.sandbox.stages import StageTimings
-from qmo.sandbox.testing import SessionCluster
+from qmo.sandbox.testing import Kube, SessionCluster
 from qmo.sandbox.versions import CachePaths
 from qmo.sandbox.wait import wait_for
 
@@ -86,3 +100,33 @@ def namespace(admin_client: client.ApiClient, request: pytest.FixtureRequest) ->
         yield name
     finally:
         core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def hub() -> Iterator[HubStandIn]:
+    with HubStandIn() as stand_in:
+        stand_in.add(EXAMPLE_REPO, example_config(), sha=EXAMPLE_SHA)
+        stand_in.add(GATED_REPO, example_config(), sha=GATED_SHA, token=GATED_TOKEN)
+        yield stand_in
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: SessionCluster, hub: HubStandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log_dir = tmp_path_factory.mktemp("operator")
+    install_crds(cluster)
+    with provisioner(cluster, log_dir):
+        process = OperatorProcess(cluster, hub.url, log_dir)
+        process.start()
+        try:
+            yield process
+        finally:
+            process.stop()
+
+
+@pytest.fixture
+def k(cluster: SessionCluster, namespace: str, operator: OperatorProcess) -> Iterator[Kube]:
+    yield Kube(cluster, namespace)
+    # Captured output is shown only when the test fails: then the operator's log explains why.
+    print(f"--- operator log (tail) ---\n{operator.log_tail()}")

@@ -1,125 +1,24 @@
 """The operator, end to end, on the real control plane: kwok completes the Jobs and readies the pods.
 
-One operator process serves the whole session (it is SIGKILLed and restarted by one test); every test
-works in its own namespace, so they cannot see each other's models or artifacts.
+One operator process serves the whole session (the ``operator`` fixture in conftest; it is SIGKILLed and
+restarted by one test); every test works in its own namespace, so they cannot see each other's models or
+artifacts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from qmo.sandbox import stages
-from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config, install_crds, provisioner
-from qmo.sandbox.testing import SessionCluster
+from qmo.sandbox.harness import EXAMPLE_SHA as SHA_A
+from qmo.sandbox.harness import GATED_REPO, GATED_TOKEN, HubStandIn, OperatorProcess, example_config
+from qmo.sandbox.harness import GATED_SHA as SHA_B
+from qmo.sandbox.harness import quantized_model as model
+from qmo.sandbox.testing import Kube, SessionCluster
 from qmo.sandbox.wait import wait_for
-
-SHA_A = "a" * 40
-SHA_B = "b" * 40
-REPO = "meta-llama/Llama-3.1-8B"
-GATED_REPO = "meta-llama/Llama-3.1-8B-Gated"
-GATED_TOKEN = "hf_sandbox_secret_token_value"
-
-
-@pytest.fixture(scope="session")
-def hub() -> Iterator[HubStandIn]:
-    with HubStandIn() as stand_in:
-        stand_in.add(REPO, example_config(), sha=SHA_A)
-        stand_in.add(GATED_REPO, example_config(), sha=SHA_B, token=GATED_TOKEN)
-        yield stand_in
-
-
-@pytest.fixture(scope="session")
-def operator(
-    cluster: SessionCluster, hub: HubStandIn, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    log_dir = tmp_path_factory.mktemp("operator")
-    install_crds(cluster)
-    with provisioner(cluster, log_dir):
-        process = OperatorProcess(cluster, hub.url, log_dir)
-        process.start()
-        try:
-            yield process
-        finally:
-            process.stop()
-
-
-@pytest.fixture
-def k(cluster: SessionCluster, namespace: str, operator: OperatorProcess) -> Iterator[Kube]:
-    yield Kube(cluster, namespace)
-    # Captured output is shown only when the test fails: then the operator's log explains why.
-    print(f"--- operator log (tail) ---\n{operator.log_tail()}")
-
-
-class Kube:
-    """kubectl against the test cluster, in the test's namespace, returning JSON."""
-
-    def __init__(self, cluster: SessionCluster, namespace: str) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-
-    def apply(self, manifest: dict[str, Any], *, check: bool = True) -> str:
-        result = self.cluster.kubectl(
-            "apply", "-n", self.namespace, "-f", "-", input=json.dumps(manifest), check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl apply failed: {result.stderr}")
-        return result.stderr if result.returncode else result.stdout
-
-    def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        result = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
-        return json.loads(result.stdout) if result.returncode == 0 else None
-
-    def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
-        args = ["get", kind, "-n", self.namespace, "-o", "json"]
-        if selector:
-            args += ["-l", selector]
-        return list(json.loads(self.cluster.kubectl(*args).stdout)["items"])
-
-    def delete(self, kind: str, name: str) -> None:
-        self.cluster.kubectl("delete", kind, name, "-n", self.namespace, "--wait=false")
-
-    def phase(self, name: str) -> str | None:
-        model = self.get("qm", name)
-        return (model or {}).get("status", {}).get("phase")
-
-    def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | None:
-            model = self.get("qm", name)
-            return model if model and model.get("status", {}).get("phase") == phase else None
-
-        return wait_for(reached, timeout=timeout, description=f"QuantizedModel {name} to be {phase}")
-
-
-def model(
-    name: str,
-    *,
-    repo: str = REPO,
-    method: str = "awq",
-    serving: dict[str, Any] | None = None,
-    quantization: dict[str, Any] | None = None,
-    quantize_job: dict[str, Any] | None = None,
-    token_secret: str | None = None,
-) -> dict[str, Any]:
-    source: dict[str, Any] = {"repo": repo}
-    if token_secret:
-        source["tokenSecretRef"] = {"name": token_secret}
-    spec: dict[str, Any] = {
-        "source": {"huggingface": source},
-        "quantization": {"method": method, **(quantization or {})},
-        "serving": {"gpuClass": "h100-80gb", "maxModelLen": 8192, **(serving or {})},
-    }
-    if quantize_job:
-        spec["quantizeJob"] = quantize_job
-    return {
-        "apiVersion": "qmo.dev/v1alpha1",
-        "kind": "QuantizedModel",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
 
 
 def container_args(deployment: dict[str, Any]) -> list[str]:

@@ -75,6 +75,15 @@ ADMISSION_PLUGINS = (
 DISABLED_ADMISSION_PLUGINS = ("TaintNodesByCondition",)
 PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 STATE_FILE = "state.json"
+# Metadata (who, verb, object, subresource) for every write once it completed; reads are not logged.
+AUDIT_WRITES_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
 PR_SET_PDEATHSIG = 1
 
 
@@ -230,6 +239,7 @@ class ControlPlane:
         timings: stages.StageTimings = stages.DEFAULT_TIMINGS,
         ephemeral: bool = False,
         context: str = "qmo-sandbox",
+        audit_writes: bool = False,
     ) -> None:
         self.directory = directory
         self.bin_dir = bin_dir
@@ -237,6 +247,9 @@ class ControlPlane:
         self.timings = timings
         self.ephemeral = ephemeral
         self.context = context
+        # An audit log of every write (who, what, which subresource): benchmarks use it to say where
+        # steady-state writes come from.
+        self.audit_writes = audit_writes
         self.pki = pki.Pki(directory / "pki")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.state: State | None = None
@@ -249,6 +262,10 @@ class ControlPlane:
     @property
     def logs(self) -> Path:
         return self.directory / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs / "audit.jsonl"
 
     @property
     def state_file(self) -> Path:
@@ -335,6 +352,26 @@ class ControlPlane:
         except BaseException:
             self.stop(remove=False)
             raise
+
+    def restart_apiserver(self, *, down_seconds: float = 0.0, timeout: float = 120.0) -> float:
+        """SIGKILL kube-apiserver, keep it down ``down_seconds``, start it on the same port; seconds down.
+
+        etcd keeps the data, so this is the fault a control-plane upgrade or an OOM kill gives clients:
+        refused connections, broken watches, then the same objects at newer resourceVersions.
+        """
+        assert self.state is not None, "the control plane is not running"
+        ports = self.state.ports
+        process = self.processes.pop("kube-apiserver")
+        killed = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        if down_seconds > 0:
+            time.sleep(down_seconds)  # the outage itself: its length is the point
+        self._spawn("kube-apiserver", self._apiserver_args(ports))
+        api = AdminApi(ports.apiserver, self.pki)
+        self._wait("kube-apiserver", lambda: api.request("GET", "/readyz")[0] == 200, timeout)
+        return time.monotonic() - killed
 
     def stop(self, *, remove: bool = False, grace: float = 5.0) -> list[str]:
         """Terminate every recorded process group (SIGTERM, then SIGKILL); return the names stopped."""
@@ -458,6 +495,8 @@ class ControlPlane:
         self.kubeconfig.write_text(admin.read_text())
         self.kubeconfig.chmod(0o600)
         (self.directory / "kwok.yaml").write_text(stages.kwok_config_yaml(self.timings))
+        if self.audit_writes:
+            (self.directory / "audit-policy.yaml").write_text(AUDIT_WRITES_POLICY)
 
     def _etcd_args(self, ports: Ports) -> list[str]:
         client, peer = f"http://127.0.0.1:{ports.etcd}", f"http://127.0.0.1:{ports.etcd_peer}"
@@ -501,6 +540,16 @@ class ControlPlane:
             "--profiling=false",
             "--enable-priority-and-fairness=false",
             f"--cert-dir={self.directory / 'apiserver'}",
+            *(
+                (
+                    f"--audit-policy-file={self.directory / 'audit-policy.yaml'}",
+                    f"--audit-log-path={self.audit_log}",
+                    "--audit-log-format=json",
+                    "--audit-log-mode=blocking",
+                )
+                if self.audit_writes
+                else ()
+            ),
         ]
 
     def _controller_manager_args(self, ports: Ports) -> list[str]:

@@ -21,6 +21,12 @@ from qmo.sandbox.testing import SessionCluster
 from qmo.sandbox.wait import StopWaiting, wait_for
 
 EXAMPLES = Path(__file__).parent / "examples"
+# What the cluster tier's hub stand-in serves: a public model and a gated one behind a token.
+EXAMPLE_REPO = "meta-llama/Llama-3.1-8B"
+EXAMPLE_SHA = "a" * 40
+GATED_REPO = "meta-llama/Llama-3.1-8B-Gated"
+GATED_SHA = "b" * 40
+GATED_TOKEN = "hf_sandbox_secret_token_value"
 
 
 def example_config(name: str = "llama-3.1-8b") -> dict[str, Any]:
@@ -225,3 +231,31 @@ def install_crds(cluster: SessionCluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", "-", input="---\n".join(render_crds().values()))
     for crd in ("quantizedmodels.qmo.dev", "modelartifacts.qmo.dev", "gpuclasses.qmo.dev"):
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+
+
+def quantized_model(
+    name: str,
+    *,
+    repo: str = EXAMPLE_REPO,
+    method: str = "awq",
+    serving: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
+    quantize_job: dict[str, Any] | None = None,
+    token_secret: str | None = None,
+) -> dict[str, Any]:
+    source: dict[str, Any] = {"repo": repo}
+    if token_secret:
+        source["tokenSecretRef"] = {"name": token_secret}
+    spec: dict[str, Any] = {
+        "source": {"huggingface": source},
+        "quantization": {"method": method, **(quantization or {})},
+        "serving": {"gpuClass": "h100-80gb", "maxModelLen": 8192, **(serving or {})},
+    }
+    if quantize_job:
+        spec["quantizeJob"] = quantize_job
+    return {
+        "apiVersion": "qmo.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": name},
+        "spec": spec,
+    }

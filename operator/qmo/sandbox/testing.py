@@ -5,6 +5,7 @@ Kept free of pytest so the operator's own tests (and scripts) can type against i
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qmo.sandbox.cluster import ControlPlane
+from qmo.sandbox.wait import wait_for
 
 GPU_TOLERATION: dict[str, Any] = {
     "key": "nvidia.com/gpu",
@@ -66,3 +68,45 @@ class SessionCluster:
             KUBECONFIG=str(self.kubeconfig),
             PATH=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         )
+
+
+class Kube:
+    """kubectl against a SessionCluster in one namespace, returning JSON (the cluster tests' ``k``)."""
+
+    def __init__(self, cluster: SessionCluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+
+    def apply(self, manifest: dict[str, Any], *, check: bool = True) -> str:
+        result = self.cluster.kubectl(
+            "apply", "-n", self.namespace, "-f", "-", input=json.dumps(manifest), check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl apply failed: {result.stderr}")
+        return result.stderr if result.returncode else result.stdout
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        result = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", self.namespace, "-o", "json"]
+        if selector:
+            args += ["-l", selector]
+        return list(json.loads(self.cluster.kubectl(*args).stdout)["items"])
+
+    def delete(self, kind: str, name: str) -> None:
+        self.cluster.kubectl("delete", kind, name, "-n", self.namespace, "--wait=false")
+
+    def phase(self, name: str) -> str | None:
+        phase = ((self.get("qm", name) or {}).get("status") or {}).get("phase")
+        return str(phase) if phase is not None else None
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            model = self.get("qm", name)
+            return model if model and model.get("status", {}).get("phase") == phase else None
+
+        model = wait_for(reached, timeout=timeout, description=f"QuantizedModel {name} to be {phase}")
+        assert model is not None  # wait_for returns only a truthy result
+        return model
