@@ -75,6 +75,8 @@ def audit_writes_since(path: Path, offset: int) -> tuple[int, dict[str, int]]:
         who = str((event.get("user") or {}).get("username", "?")).rsplit(":", 1)[-1]
         what = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         key = f"{who} {event['verb']} {what}"
+        if event.get("requestObject") is not None:
+            key += " " + json.dumps(event["requestObject"], sort_keys=True)[:300]
         counts[key] = counts.get(key, 0) + 1
     return offset + len(data), counts
 
@@ -232,8 +234,11 @@ def run(
     )
     print(f"  steady-state reconciles:      {reconciles:.0f} in {args.steady_seconds:.0f} s")
     print(f"  steady-state writes:          {sum(steady_writes.values()):.0f} {steady_writes or ''}")
-    for writer, writes in sorted(writers.items(), key=lambda item: -item[1]):
+    ranked = sorted(writers.items(), key=lambda item: -item[1])
+    for writer, writes in ranked[:12]:
         print(f"    {writes:6d}  {writer}")
+    if len(ranked) > 12:
+        print(f"    ... {len(ranked) - 12} more distinct writes")
     print(f"  operator peak RSS:            {rss:.0f} MiB", flush=True)
     return {
         "models": count,

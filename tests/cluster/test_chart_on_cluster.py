@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config, provisioner
+from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config, provisioner, quantized_model
 from qmo.sandbox.testing import SessionCluster
 from qmo.sandbox.wait import StopWaiting, WaitTimeout, wait_for
 
@@ -206,10 +207,30 @@ def test_helm_lint_is_clean(cluster: SessionCluster, options: dict[str, str]) ->
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
 
 
-def test_chart_refuses_more_than_one_replica(cluster: SessionCluster) -> None:
+def test_chart_refuses_more_than_one_replica_without_peering(cluster: SessionCluster) -> None:
     result = helm(cluster, "template", "qmo", str(CHART), "--set", "replicas=2", check=False)
     assert result.returncode != 0
-    assert "replicas" in result.stderr
+    assert "replicas > 1 needs peering.enabled=true" in result.stderr
+
+
+def test_chart_runs_replicas_with_peering_and_its_lifetime(cluster: SessionCluster) -> None:
+    options = {"replicas": "3", "peering.enabled": "true", "peering.lifetimeSeconds": "20"}
+    rendered = helm(cluster, "template", "qmo", str(CHART), *set_args(options)).stdout
+    [deployment] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--peering") + 1] == "qmo"
+    assert args[args.index("--peering-lifetime") + 1] == "20"
+    refused = helm(
+        cluster,
+        "template",
+        "qmo",
+        str(CHART),
+        *set_args({**options, "peering.lifetimeSeconds": "5"}),
+        check=False,
+    )
+    assert refused.returncode != 0 and "lifetimeSeconds" in refused.stderr
 
 
 @pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
@@ -439,59 +460,105 @@ def test_cluster_wide_mode_grants_nothing_beyond_need(
         helm(cluster, "uninstall", "qmo-rbac", "-n", system, "--wait", check=False)
 
 
-def test_peering_pauses_a_second_operator_until_the_first_is_gone(
-    cluster: SessionCluster, chart_crds: None, make_namespace: Callable[[], str], tmp_path: Path
+HA_LIFETIME = 12  # seconds; the chart's default is 15
+
+
+def test_ha_replicas_one_acts_and_a_killed_leader_hands_over_within_the_peering_lifetime(
+    cluster: SessionCluster,
+    chart_crds: None,
+    make_namespace: Callable[[], str],
+    hub: HubStandIn,
+    tmp_path: Path,
 ) -> None:
-    system = make_namespace()
+    """Replicas as the chart runs them (its ServiceAccount, namespaced peering): the oldest acts, a newer one
+    stands by; SIGKILL the leader and the standby resumes once the leader's keep-alive expires; a clean
+    exit hands over at once."""
+    system, watched = make_namespace(), make_namespace()
     options = {
         "peering.enabled": "true",
-        "peering.name": "qmo-test",
+        "peering.name": "qmo-ha",
+        "peering.lifetimeSeconds": str(HA_LIFETIME),
+        "watchNamespaces[0]": watched,
         "gpuClasses.create": "false",
-        "replicas": "0",
+        "replicas": "0",  # the replicas are processes here, started below with the chart's identity
     }
-    helm(cluster, "install", "qmo-peer", str(CHART), "-n", system, *set_args(options))
+    helm(cluster, "install", "qmo-ha", str(CHART), "-n", system, *set_args(options))
     try:
         kubeconfig = service_account_kubeconfig(
-            cluster, system, "qmo-peer-quantized-model-operator", tmp_path / "sa.yaml"
+            cluster, system, "qmo-ha-quantized-model-operator", tmp_path / "sa.yaml"
         )
-        first_logs, second_logs = tmp_path / "first", tmp_path / "second"
-        first_logs.mkdir()
-        second_logs.mkdir()
-        first = OperatorProcess(
-            cluster, "http://127.0.0.1:9", first_logs, kubeconfig=kubeconfig, peering="qmo-test"
-        )
-        second = OperatorProcess(
-            cluster, "http://127.0.0.1:9", second_logs, kubeconfig=kubeconfig, peering="qmo-test"
-        )
+
+        def replica(name: str) -> OperatorProcess:
+            (tmp_path / name).mkdir()
+            return OperatorProcess(
+                cluster,
+                hub.url,
+                tmp_path / name,
+                kubeconfig=kubeconfig,
+                namespaces=[watched],
+                peering="qmo-ha",
+                extra_args=("--peering-lifetime", str(HA_LIFETIME)),
+            )
+
+        def reconciles(operator: OperatorProcess) -> float:
+            return operator.metric_value("qmo_reconcile_duration_seconds_count")
+
+        def log(operator: OperatorProcess) -> str:
+            return operator.log_tail(100000)
 
         def peers() -> int:
             peering = json.loads(
-                cluster.kubectl("get", "clusterkopfpeering", "qmo-test", "-o", "json").stdout
+                cluster.kubectl("get", "kopfpeering", "qmo-ha", "-n", watched, "-o", "json").stdout
             )
             return len(peering.get("status") or {})
 
-        first.start()
+        for index in range(3):
+            cluster.kubectl(
+                "apply", "-n", watched, "-f", "-", input=json.dumps(quantized_model(f"ha-{index}"))
+            )
+        leader, standby, late = replica("leader"), replica("standby"), replica("late")
         try:
-            wait_for(lambda: peers() == 1, timeout=30, description="the first operator's keep-alive")
-            second.start()
-            try:
-                wait_for(
-                    lambda: "Pausing all operators" in first.log_tail(100000),
-                    timeout=30,
-                    description="both operators to pause for each other",
-                )
-                first.stop()  # a clean exit removes it from the peering
-                wait_for(
-                    lambda: "Resuming operations" in second.log_tail(100000),
-                    timeout=30,
-                    description="the second operator to take over",
-                )
-                for operator in (first, second):
-                    log = operator.log_tail(100000)
-                    assert "Forbidden" not in log and "forbidden" not in log, log
-            finally:
-                second.stop()
+            leader.start()
+            wait_for(lambda: reconciles(leader) >= 3, timeout=60, description="the leader reconciling")
+            standby.start()
+            # kopf starts paused and resumes only when no peer outranks it, so a standby says nothing.
+            wait_for(lambda: peers() == 2, timeout=30, description="both replicas' keep-alives")
+            # Both run; only the leader acts (three more resyncs of its own, none of the standby's).
+            floor = reconciles(leader)
+            wait_for(lambda: reconciles(leader) >= floor + 3, timeout=60, description="more resyncs")
+            assert reconciles(standby) == 0
+            assert "Pausing" not in log(leader)
+
+            leader.kill()
+            killed = time.monotonic()
+            wait_for(
+                lambda: "Resuming operations" in log(standby),
+                timeout=HA_LIFETIME + 15,
+                interval=0.1,
+                description="the standby to take over from the killed leader",
+            )
+            resumed = time.monotonic() - killed
+            wait_for(lambda: reconciles(standby) > 0, timeout=30, interval=0.1, description="standby acting")
+            acting = time.monotonic() - killed
+
+            # A clean exit says goodbye in the peering object: the next standby resumes at once.
+            late.start()
+            wait_for(lambda: peers() == 2, timeout=30, description="the late replica's keep-alive")
+            assert reconciles(late) == 0
+            stopped = time.monotonic()
+            standby.stop()  # SIGTERM; returns once the process has exited
+            wait_for(
+                lambda: reconciles(late) > 0, timeout=30, interval=0.1, description="the late replica acting"
+            )
+            clean = time.monotonic() - stopped
+            print(
+                f"HA handover (peering lifetime {HA_LIFETIME} s): SIGKILLed leader -> standby resumed "
+                f"{resumed:.1f} s, first reconcile {acting:.1f} s; clean exit -> next acting {clean:.1f} s"
+            )
+            for operator in (leader, standby, late):
+                assert "orbidden" not in log(operator), log(operator)
         finally:
-            first.stop()
+            for operator in (late, standby, leader):
+                operator.stop()
     finally:
-        helm(cluster, "uninstall", "qmo-peer", "-n", system, "--wait", check=False)
+        helm(cluster, "uninstall", "qmo-ha", "-n", system, "--wait", check=False)

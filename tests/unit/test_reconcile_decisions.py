@@ -10,7 +10,7 @@ import pytest
 from qmo.reconcile.artifact import summary_fields
 from qmo.reconcile.jobs import job_seconds, job_state, termination_message
 from qmo.reconcile.model import deployment_rollout, serving_args
-from qmo.reconcile.status import condition, merge_patch_for
+from qmo.reconcile.status import condition, merge_patch_for, status_write
 
 
 def test_merge_patch_is_none_when_nothing_changed() -> None:
@@ -133,3 +133,8 @@ def test_summary_fields_take_what_is_well_formed_and_ignore_the_rest() -> None:
     }
     assert summary_fields("not json") == {}
     assert summary_fields(None) == {}
+
+
+def test_status_writes_are_bound_to_the_resource_version_they_were_computed_from() -> None:
+    meta = {"name": "m", "resourceVersion": "41"}
+    assert status_write(meta, {"users": 3}) == {"metadata": {"resourceVersion": "41"}, "status": {"users": 3}}

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
+
+# How long a peer's keep-alive holds: a replica that dies without saying goodbye (SIGKILL, a lost node) is
+# presumed dead this long after its last keep-alive, and then a standby takes over. kopf's keep-alive is
+# sent every lifetime - 5..10 s, so 15 s means one small PATCH per replica every 5-10 s.
+DEFAULT_PEERING_LIFETIME = 15
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL ('' disables)"
     )
     parser.add_argument("--peering", default="", help="kopf peering name for HA (default: standalone)")
+    parser.add_argument(
+        "--peering-priority",
+        type=int,
+        default=None,
+        help="the higher acts, the rest stand by; default: older replicas first (minus the start time in "
+        "microseconds), so a new replica never takes over from a healthy one",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(os.environ.get("QMO_PEERING_LIFETIME", str(DEFAULT_PEERING_LIFETIME))),
+        help="seconds a silent peer is still presumed alive: the longest a standby waits to take over",
+    )
     parser.add_argument(
         "--resync-seconds", type=float, default=float(os.environ.get("QMO_RESYNC_SECONDS", "60"))
     )
@@ -43,9 +62,19 @@ def run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host)
-    registry = build_registry(OperatorConfig(kubeconfig=args.kubeconfig, resync_seconds=args.resync_seconds))
+    registry = build_registry(
+        OperatorConfig(
+            kubeconfig=args.kubeconfig,
+            resync_seconds=args.resync_seconds,
+            peering_lifetime=args.peering_lifetime,
+        )
+    )
+    # Distinct priorities: kopf pauses *every* operator when two of the same priority meet, which would
+    # leave no one acting. The start time orders replicas; a tie needs two starts in the same microsecond.
+    priority = args.peering_priority if args.peering_priority is not None else -time.time_ns() // 1000
     kopf.run(
         registry=registry,
+        priority=priority,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=not args.peering,

@@ -25,6 +25,8 @@ from qmo.reconcile.source import HubClient, SourceError
 
 GROUP = "qmo.dev"
 MANAGED = {"app.kubernetes.io/managed-by": "qmo"}
+# A reconcile whose status write met a newer object is repeated on a fresh read this many times in all.
+CONFLICT_ATTEMPTS = 3
 
 
 @dataclass
@@ -32,6 +34,8 @@ class OperatorConfig:
     kubeconfig: str | None = None
     resync_seconds: float = float(os.environ.get("QMO_RESYNC_SECONDS", "60"))
     metrics: Metrics | None = None
+    # Only used with peering (qmo run --peering): how long a silent peer is presumed alive.
+    peering_lifetime: int = 15
 
 
 @dataclass
@@ -77,6 +81,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        settings.peering.lifetime = config.peering_lifetime
         metrics = config.metrics or Metrics()
         kube = Kube(
             await asyncio.to_thread(load_credentials, config.kubeconfig),
@@ -108,6 +113,14 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         if "runtime" in runtime_holder:
             await runtime().kube.close()
 
+    async def current(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The object as the API server has it now; None when it is gone, replaced or being deleted."""
+        meta = body["metadata"]
+        fresh = await runtime().kube.get(kind, meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
+            return None
+        return None if fresh["metadata"].get("deletionTimestamp") else fresh
+
     async def run_reconcile(
         kind: str, body: Mapping[str, Any], reconcile: Callable[[Mapping[str, Any]], Awaitable[Outcome]]
     ) -> Outcome:
@@ -115,7 +128,20 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         started = time.perf_counter()
         try:
             async with rt.lock(body["metadata"]["uid"]):
-                outcome = await reconcile(body)
+                for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                    try:
+                        outcome = await reconcile(body)
+                        break
+                    except ApiError as error:
+                        # 409: the status was computed from an old body (see status_write); decide again
+                        # from the object as it is now.
+                        if error.status != 409 or attempt == CONFLICT_ATTEMPTS:
+                            raise
+                        rt.metrics.reconcile_errors.labels(kind, "Conflict").inc()
+                        fresh = await current(kind, body)
+                        if fresh is None:
+                            return Outcome(phase="Gone")
+                        body = fresh
         except (ApiError, SourceError, RetryLater) as error:
             rt.metrics.reconcile_errors.labels(kind, type(error).__name__).inc()
             raise _retry_signal(error) from error
@@ -164,7 +190,11 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         GROUP, "quantizedmodels", id="resync-model", interval=config.resync_seconds, registry=registry
     )
     async def model_resync(body: kopf.Body, **_: Any) -> None:
-        await reconcile_model(body)
+        # kopf's timer body is the last one this object's worker processed, which lags when the operator
+        # is busy; the safety net acts on the object as it is now (one GET per object per resync).
+        fresh = await current("QuantizedModel", body)
+        if fresh is not None:
+            await reconcile_model(fresh)
 
     @kopf.on.delete(GROUP, "quantizedmodels", id="forget-model", optional=True, registry=registry)
     async def model_deleted(body: kopf.Body, **_: Any) -> None:
@@ -182,7 +212,9 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         GROUP, "modelartifacts", id="resync-artifact", interval=config.resync_seconds, registry=registry
     )
     async def artifact_resync(body: kopf.Body, **_: Any) -> None:
-        await reconcile_artifact(body)
+        fresh = await current("ModelArtifact", body)  # as for models: the timer's body may lag
+        if fresh is not None:
+            await reconcile_artifact(fresh)
 
     @kopf.on.delete(GROUP, "modelartifacts", id="evict-artifact", registry=registry)
     async def artifact_deleted(body: kopf.Body, **_: Any) -> None:

@@ -17,7 +17,7 @@ from qmo.desired.names import evict_job_name, quantize_job_name
 from qmo.reconcile.jobs import job_seconds, job_state, termination_message
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.model import Event, Outcome, format_validation_error
-from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339
+from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339, status_write
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,9 @@ class ArtifactReconciler:
         ]
         patch = merge_patch_for(old, status)
         if patch is not None:
-            await self.kube.patch("ModelArtifact", namespace, name, {"status": patch}, subresource="status")
+            await self.kube.patch(
+                "ModelArtifact", namespace, name, status_write(meta, patch), subresource="status"
+            )
         if status.get("phase") != old.get("phase"):
             kind = "Warning" if status["phase"] == "Failed" else "Normal"
             events.append(Event(kind, str(status["phase"]), str(status.get("message") or "")))

@@ -43,7 +43,7 @@ from qmo.reconcile.gpus import ResolvedGPU, UnknownGPUClass, resolve_gpu
 from qmo.reconcile.jobs import job_state, termination_message
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.source import HubClient, SourceError
-from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339
+from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339, status_write
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,9 @@ class ModelReconciler:
         status["observedGeneration"] = generation
         patch = merge_patch_for(old_status, status)
         if patch is not None:
-            await self.kube.patch("QuantizedModel", namespace, name, {"status": patch}, subresource="status")
+            await self.kube.patch(
+                "QuantizedModel", namespace, name, status_write(meta, patch), subresource="status"
+            )
         if status.get("phase") == old_status.get("phase"):
             events = [e for e in events if e.type == "Warning" and patch is not None]
         return Outcome(phase=status["phase"], status_patch=patch, events=events)

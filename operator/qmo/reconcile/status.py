@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,3 +51,13 @@ def merge_patch_for(old: Status, new: Status) -> Status | None:
         if key not in new:
             patch[key] = None
     return patch or None
+
+
+def status_write(meta: Mapping[str, Any], patch: Status) -> dict[str, Any]:
+    """The status merge patch, valid only against the resourceVersion it was computed from.
+
+    A body can be seconds old when the operator is busy (kopf hands timers the last body its worker got
+    to); a status computed from it would undo newer facts, such as a user the artifact gained since. With
+    the resourceVersion in the patch the API server answers 409 instead, and the object is re-read.
+    """
+    return {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch}

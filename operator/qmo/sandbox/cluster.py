@@ -75,11 +75,15 @@ ADMISSION_PLUGINS = (
 DISABLED_ADMISSION_PLUGINS = ("TaintNodesByCondition",)
 PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 STATE_FILE = "state.json"
-# Metadata (who, verb, object, subresource) for every write once it completed; reads are not logged.
+# Every write once it completed: who, verb, object, subresource, and for qmo's own kinds the request body
+# (which field a write changed). Reads are not logged.
 AUDIT_WRITES_POLICY = """apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived, ResponseStarted]
 rules:
+  - level: Request
+    verbs: [patch, update]
+    resources: [{group: qmo.dev}]
   - level: Metadata
     verbs: [create, update, patch, delete, deletecollection]
   - level: None

@@ -110,8 +110,10 @@ class OperatorProcess:
         kubeconfig: Path | None = None,
         namespaces: Sequence[str] = (),
         peering: str = "",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.cluster = cluster
+        self.extra_args = tuple(extra_args)
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.namespaces = tuple(namespaces)
         self.peering = peering
@@ -149,6 +151,7 @@ class OperatorProcess:
                     str(self.resync_seconds),
                     *(arg for namespace in self.namespaces for arg in ("--namespace", namespace)),
                     *(("--peering", self.peering) if self.peering else ()),
+                    *self.extra_args,
                 ],
                 env=env,
                 stdout=log,
