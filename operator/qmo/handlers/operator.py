@@ -47,6 +47,8 @@ class Runtime:
     artifacts: ArtifactReconciler
     metrics: Metrics
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # What models last saw of each artifact (see artifact_event): uid -> the fields models act on.
+    artifact_news: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def lock(self, uid: str) -> asyncio.Lock:
         # One reconcile per object at a time, whether kopf or a child's event started it.
@@ -252,8 +254,24 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     async def artifact_event(
         body: kopf.Body, type: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
     ) -> None:
-        if type in ("ADDED", "MODIFIED"):
+        rt = runtime()
+        uid = body["metadata"]["uid"]
+        if type == "DELETED":
+            rt.artifact_news.pop(uid, None)
+            return
+        # Wake the users only when something they act on changed. Every model that joins adds an
+        # ownerReference (and the artifact recounts its users): waking all users on each of those would
+        # cost users^2 reconciles per artifact while a fleet converges.
+        status = body.get("status") or {}
+        news = (
+            status.get("phase"),
+            status.get("message"),
+            status.get("manifestDigest"),
+            body["metadata"].get("deletionTimestamp"),
+        )
+        if type in ("ADDED", "MODIFIED") and rt.artifact_news.get(uid) != news:
             await wake_owners("QuantizedModel", body, logger)
+            rt.artifact_news[uid] = news
 
     @kopf.on.event("batch", "v1", "jobs", id="wake-artifacts", labels=MANAGED, registry=registry)
     async def job_event(
