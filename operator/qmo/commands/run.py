@@ -48,6 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true")
 
 
+def peering_priority(explicit: int | None, started_ns: int) -> int:
+    """kopf peering priority: the higher acts. Default: minus the start time in microseconds.
+
+    The priorities must differ: kopf pauses *every* operator when two of the same priority meet, which
+    would leave no one acting. Older first means a joining replica never takes over from a healthy one;
+    a tie needs two starts in the same microsecond.
+    """
+    return explicit if explicit is not None else -(started_ns // 1000)
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
@@ -69,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
             peering_lifetime=args.peering_lifetime,
         )
     )
-    # Distinct priorities: kopf pauses *every* operator when two of the same priority meet, which would
-    # leave no one acting. The start time orders replicas; a tie needs two starts in the same microsecond.
-    priority = args.peering_priority if args.peering_priority is not None else -time.time_ns() // 1000
+    priority = peering_priority(args.peering_priority, time.time_ns())
     kopf.run(
         registry=registry,
         priority=priority,
