@@ -6,9 +6,10 @@ ignored field) and serialises with the camelCase names the API server stores.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "qmo.dev"
@@ -21,9 +22,28 @@ PassThroughObject = Annotated[
     dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 ]
 
-# A Kubernetes resource.Quantity, e.g. "20Gi" or 1.5: stored as written, checked by the API server's CEL.
+# resource.Quantity's serialized form (k8s.io/apimachinery): a decimal number, then a binary (Ki..Ei) or
+# decimal (m, k, M..E) suffix or an exponent. The API server checks it with CEL (isQuantity); qmo's parser
+# checks the same, so a spec refused by one is refused by the other.
+QUANTITY = re.compile(
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+)
+
+
+def is_quantity(value: int | str) -> bool:
+    return isinstance(value, int) or bool(QUANTITY.match(value))
+
+
+def _quantity(value: int | str) -> int | str:
+    if not is_quantity(value):
+        raise ValueError("must be a quantity such as 20Gi")
+    return value
+
+
+# A Kubernetes resource.Quantity, e.g. "20Gi" or 1.5: stored as written.
 Quantity = Annotated[
     int | str,
+    AfterValidator(_quantity),
     Field(
         json_schema_extra={
             "x-kubernetes-int-or-string": True,

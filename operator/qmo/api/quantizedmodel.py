@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from qmo.api.base import (
     DNS_SUBDOMAIN,
@@ -13,6 +13,7 @@ from qmo.api.base import (
     LocalObjectReference,
     PassThroughObject,
     SecretKeyReference,
+    is_quantity,
 )
 
 QuantizationMethod = Literal[
@@ -176,8 +177,22 @@ class QuantizationSpec(ApiModel):
         return 8 if self.method == "w8a8" else None
 
 
+def _tensor_parallel_size(value: Literal["auto"] | int) -> Literal["auto"] | int:
+    # The same range as the CEL rule below: the CRD's int-or-string schema cannot carry min/max itself.
+    if isinstance(value, int) and not 1 <= value <= 64:
+        raise ValueError("must be 'auto' or an integer from 1 to 64")
+    return value
+
+
+def _cache_size(value: int | str) -> int | str:
+    if value != "auto" and not is_quantity(value):
+        raise ValueError("must be 'auto' or a quantity such as 200Gi")
+    return value
+
+
 TensorParallelSize = Annotated[
     Literal["auto"] | int,
+    AfterValidator(_tensor_parallel_size),
     Field(
         json_schema_extra={
             "x-kubernetes-int-or-string": True,
@@ -233,6 +248,7 @@ class ServingSpec(ApiModel):
 
 CacheSize = Annotated[
     int | str,
+    AfterValidator(_cache_size),
     Field(
         json_schema_extra={
             "x-kubernetes-int-or-string": True,
