@@ -457,3 +457,33 @@ def test_hostile_config_json_fails_the_model_with_a_clear_reason(
     assert reason in ("InvalidModelConfig", "DoesNotFit"), failed["status"]
     assert failed["status"]["message"]
     assert k.list("jobs") == [] and k.list("modelartifacts") == []
+
+
+def test_network_policy_is_created_on_request_and_removed_when_turned_off(k: Kube) -> None:
+    gateway = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}
+    k.apply(model("fenced", serving={"networkPolicy": {"enabled": True, "ingressFrom": [gateway]}}))
+    ready = k.wait_phase("fenced", "Ready")
+    assert ready["status"]["networkPolicy"] == "fenced-vllm"
+    policy = k.get("networkpolicy", "fenced-vllm")
+    assert policy is not None
+    service = k.get("service", "fenced-vllm")
+    assert service is not None
+    # The API server accepted it as a real NetworkPolicy, selecting exactly the Service's pods.
+    assert policy["spec"]["podSelector"]["matchLabels"] == service["spec"]["selector"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"][0]["namespaceSelector"] == gateway["namespaceSelector"]
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert policy["metadata"]["ownerReferences"][0]["name"] == "fenced"
+
+    k.apply(model("fenced", serving={"networkPolicy": {"enabled": False}}))
+    wait_for(
+        lambda: k.get("networkpolicy", "fenced-vllm") is None,
+        timeout=60,
+        description="the NetworkPolicy deleted once turned off",
+    )
+    settled_model = wait_for(
+        lambda: (lambda m: m if m and "networkPolicy" not in m["status"] else None)(k.get("qm", "fenced")),
+        timeout=30,
+        description="status.networkPolicy cleared",
+    )
+    assert settled_model["status"]["phase"] == "Ready"

@@ -117,6 +117,7 @@ DYNAMIC_KINDS = {
     "deployment": {"Deployment"},
     "stamped": {"Service", "PodDisruptionBudget"},
     "claim": {"PersistentVolumeClaim"},
+    "policy": {"NetworkPolicy"},
     "manifest": {"ModelArtifact"},
     # builder calls, by the builder's name
     "build_quantize_job": {"Job"},

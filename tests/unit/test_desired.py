@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
-from qmo.api.quantizedmodel import ModelSource, PlanStatus, QuantizationSpec, parse_spec
+from qmo.api.quantizedmodel import ModelSource, NetworkPolicySpec, PlanStatus, QuantizationSpec, parse_spec
 from qmo.desired.artifact import (
     artifact_recipe,
     build_evict_job,
@@ -19,7 +19,7 @@ from qmo.desired.artifact import (
 )
 from qmo.desired.common import Owner, Placement
 from qmo.desired.names import MAX_DNS_LABEL, dns_label
-from qmo.desired.serving import build_serving_deployment
+from qmo.desired.serving import build_network_policy, build_serving_deployment, build_serving_service
 
 GOLDEN = Path(__file__).parent / "golden"
 SHA = "0e9e39f249a16976918f6564b8830bc894c89659"
@@ -198,3 +198,53 @@ def test_artifact_names_are_readable_and_keyed() -> None:
     name = artifact_name("Llama-3.1-8B-Instruct", "awq", "19213e27d4" + "0" * 54)
     assert name == "llama-3-1-8b-instruct-awq-19213e27d4"
     assert artifact_name("x" * 300, "fp8-dynamic", "f" * 64).endswith("fp8-dynamic-ffffffffff")
+
+
+def test_network_policy_admits_only_the_listed_peers_to_the_serving_port_of_this_models_pods() -> None:
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}},
+    ]
+    spec = NetworkPolicySpec.model_validate({"enabled": True, "ingressFrom": peers})
+    policy = build_network_policy(model="llama", namespace="team", owner=OWNER, policy=spec)
+    service = build_serving_service(model="llama", namespace="team", owner=OWNER)
+    assert policy["spec"]["podSelector"] == {"matchLabels": service["spec"]["selector"]}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress is left to the cluster's own policies
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": "gateway"},
+                "matchExpressions": [],
+            }
+        },
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}},
+    ]
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+
+
+def test_network_policy_without_peers_admits_the_models_own_namespace_only() -> None:
+    policy = build_network_policy(
+        model="llama", namespace="team", owner=OWNER, policy=NetworkPolicySpec(enabled=True)
+    )
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        {},
+        {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}},
+        {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}},
+    ],
+)
+def test_an_ingress_peer_is_pods_namespaces_or_an_ip_block(peer: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="ingressFrom"):
+        parse_spec(
+            {
+                "source": {"huggingface": {"repo": "a/b"}},
+                "quantization": {"method": "awq"},
+                "serving": {"gpuClass": "l4", "networkPolicy": {"enabled": True, "ingressFrom": [peer]}},
+            }
+        )

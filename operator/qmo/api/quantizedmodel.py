@@ -207,6 +207,76 @@ TensorParallelSize = Annotated[
 ]
 
 
+class LabelSelectorRequirement(ApiModel):
+    """One requirement of a label selector, as in metav1.LabelSelectorRequirement."""
+
+    key: str = Field(min_length=1, max_length=317)
+    """The label key."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key relates to values."""
+    values: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=64)
+    """Values for In and NotIn; empty for Exists and DoesNotExist."""
+
+
+class LabelSelector(ApiModel):
+    """A label selector as in metav1.LabelSelector; empty selects everything."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    """Labels that must all match."""
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+    """Requirements that must all hold."""
+
+
+class IPBlock(ApiModel):
+    """A CIDR and the ranges inside it that are excluded, as in networking.k8s.io/v1 IPBlock."""
+
+    cidr: str = Field(min_length=1, max_length=64)
+    """e.g. 10.0.0.0/8 or 2001:db8::/32."""
+    except_: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, alias="except", max_length=32
+    )
+    """CIDRs inside cidr that may not connect."""
+
+
+class IngressPeer(ApiModel):
+    """Who may connect, as in networking.k8s.io/v1 NetworkPolicyPeer (pods, namespaces, or an IP block)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.ipBlock) != (has(self.podSelector) || has(self.namespaceSelector))",
+                    "message": "set ipBlock, or podSelector and/or namespaceSelector",
+                }
+            ]
+        }
+    }
+
+    pod_selector: LabelSelector | None = None
+    """Pods (in this namespace, or in the namespaces namespaceSelector picks) that may connect."""
+    namespace_selector: LabelSelector | None = None
+    """Namespaces whose pods (all, or those podSelector picks) may connect; {} is every namespace."""
+    ip_block: IPBlock | None = None
+    """Addresses outside the cluster that may connect, e.g. a gateway's."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> IngressPeer:
+        if (self.ip_block is not None) == (
+            self.pod_selector is not None or self.namespace_selector is not None
+        ):
+            raise ValueError("set ipBlock, or podSelector and/or namespaceSelector")
+        return self
+
+
+class NetworkPolicySpec(ApiModel):
+    """An optional NetworkPolicy that admits traffic to the vLLM pods only from the listed peers."""
+
+    enabled: bool = False
+    """Create the policy (qmo deletes the one it made when this turns false). Needs a CNI that enforces it."""
+    ingress_from: list[IngressPeer] = Field(default_factory=list, max_length=32)
+    """Who may reach the vLLM port. Empty: only pods in the model's own namespace."""
+
+
 class ServingSpec(ApiModel):
     """How to serve the model with vLLM. The planner fills what is left on auto."""
 
@@ -244,6 +314,8 @@ class ServingSpec(ApiModel):
     """Annotations on the vLLM pods, merged over qmo's own Prometheus scrape annotations."""
     allow_surge: bool = False
     """Allow one extra replica during a rollout (needs spare GPUs); otherwise roll one down, then up."""
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    """Restrict who may connect to the vLLM pods (ingress on the serving port only; egress untouched)."""
 
 
 CacheSize = Annotated[
@@ -381,6 +453,8 @@ class QuantizedModelStatus(ApiModel):
     """ready/desired, for kubectl's READY column."""
     selector: str | None = None
     """Label selector of the serving pods (scale subresource, HPA)."""
+    network_policy: str | None = None
+    """Name of the NetworkPolicy qmo made for the serving pods (spec.serving.networkPolicy.enabled)."""
 
 
 def parse_spec(spec: dict[str, Any]) -> QuantizedModelSpec:

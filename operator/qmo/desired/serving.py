@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qmo.api.quantizedmodel import PlanStatus, ServingSpec
+from qmo.api.quantizedmodel import NetworkPolicySpec, PlanStatus, ServingSpec
 from qmo.desired.common import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
@@ -176,6 +176,30 @@ def build_pod_disruption_budget(*, model: str, namespace: str, owner: Owner) -> 
             "ownerReferences": [owner.reference(controller=True)],
         },
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(model)}},
+    }
+
+
+def build_network_policy(*, model: str, namespace: str, owner: Owner, policy: NetworkPolicySpec) -> Manifest:
+    """Ingress to the vLLM port of this model's pods only from ``policy.ingressFrom`` (default: the namespace).
+
+    Ingress only: a serving pod reads its weights from the cache volume and needs no network of its own,
+    and restricting egress would also cut DNS, which a cluster's own policies handle better.
+    """
+    peers = [peer.to_wire() for peer in policy.ingress_from] or [{"podSelector": {}}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": serving_name(model),
+            "namespace": namespace,
+            "labels": {**common_labels(component="serving", instance=model), LABEL_MODEL: model},
+            "ownerReferences": [owner.reference(controller=True)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(model)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": VLLM_PORT}]}],
+        },
     }
 
 

@@ -32,6 +32,7 @@ from qmo.desired.artifact import (
 from qmo.desired.common import Manifest, Owner
 from qmo.desired.names import CACHE_CLAIM_NAME, artifact_name, inspect_job_name, serving_name
 from qmo.desired.serving import (
+    build_network_policy,
     build_pod_disruption_budget,
     build_serving_deployment,
     build_serving_service,
@@ -361,9 +362,15 @@ class ModelReconciler:
         weights_ready = artifact_phase == "Ready"
         deployment = await self.kube.get("Deployment", namespace, serving_name(name))
         if weights_ready:
+            # The policy first, so the pods never run open when it is asked for.
+            policy = await self._apply_network_policy(namespace, name, owner, spec, old)
+            if policy is not None:
+                status["networkPolicy"] = policy
             deployment = await self._apply_serving(
                 namespace, name, owner, spec, planned, key, gpu, deployment
             )
+        elif old.get("networkPolicy"):
+            status["networkPolicy"] = old["networkPolicy"]
             if old.get("phase") != "Ready" or (old.get("artifact") or {}).get("key") != key:
                 # Releasing happens on the way to Ready; a model already Ready on this key has none left.
                 await self._release_old_artifacts(namespace, uid, key, deployment, spec.serving.replicas)
@@ -655,6 +662,24 @@ class ModelReconciler:
                 await self.kube.apply(stamped)
         assert observed_deployment is not None
         return observed_deployment
+
+    async def _apply_network_policy(
+        self, namespace: str, name: str, owner: Owner, spec: QuantizedModelSpec, old: Mapping[str, Any]
+    ) -> str | None:
+        """Create or update the serving pods' NetworkPolicy; delete the one qmo made once it is turned off.
+
+        status.networkPolicy records that qmo made one, so a model without the feature costs no request.
+        """
+        wanted = spec.serving.network_policy
+        if not wanted.enabled:
+            if old.get("networkPolicy"):
+                await self.kube.delete("NetworkPolicy", namespace, str(old["networkPolicy"]))
+            return None
+        policy = with_hash(build_network_policy(model=name, namespace=namespace, owner=owner, policy=wanted))
+        observed = await self.kube.get("NetworkPolicy", namespace, serving_name(name))
+        if _hash_of(observed) != policy["metadata"]["annotations"][HASH_ANNOTATION]:
+            await self.kube.apply(policy)
+        return serving_name(name)
 
     async def _release_old_artifacts(
         self, namespace: str, uid: str, key: str, deployment: Manifest | None, replicas: int
