@@ -139,7 +139,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
                         # from the object as it is now.
                         if error.status != 409 or attempt == CONFLICT_ATTEMPTS:
                             raise
-                        rt.metrics.reconcile_errors.labels(kind, "Conflict").inc()
+                        rt.metrics.reconcile_conflicts.labels(kind).inc()
                         fresh = await current(kind, body)
                         if fresh is None:
                             return Outcome(phase="Gone")

@@ -25,6 +25,12 @@ class Metrics:
             ["kind", "reason"],
             registry=registry,
         )
+        self.reconcile_conflicts = Counter(
+            "qmo_reconcile_conflicts_total",
+            "Status writes refused as computed from an old object (409), then decided again on a fresh read",
+            ["kind"],
+            registry=registry,
+        )
         self.model_phase = Gauge(
             "qmo_model_phase",
             "1 for the phase a QuantizedModel is in (models by phase: sum by (phase))",

@@ -369,11 +369,11 @@ class ModelReconciler:
             deployment = await self._apply_serving(
                 namespace, name, owner, spec, planned, key, gpu, deployment
             )
-        elif old.get("networkPolicy"):
-            status["networkPolicy"] = old["networkPolicy"]
             if old.get("phase") != "Ready" or (old.get("artifact") or {}).get("key") != key:
                 # Releasing happens on the way to Ready; a model already Ready on this key has none left.
                 await self._release_old_artifacts(namespace, uid, key, deployment, spec.serving.replicas)
+        elif old.get("networkPolicy"):
+            status["networkPolicy"] = old["networkPolicy"]  # kept while new weights are being made
         rolled, ready, rollout_reason = deployment_rollout(deployment, spec.serving.replicas)
         serving_current = deployment is not None and weights_ready
         replicas = int((deployment or {}).get("status", {}).get("replicas", 0))
