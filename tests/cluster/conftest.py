@@ -43,6 +43,7 @@ from qmo.sandbox.wait import wait_for
 
 __all__ = ["wait_for"]
 
+TEST_NAMESPACE_PREFIX = "qmo-test-"
 # Short lifecycles keep the tier quick; tests that need longer ones annotate their pods.
 TEST_TIMINGS = StageTimings(
     start_delay_ms=200, run_duration_ms=500, crash_back_off_ms=1000, node_heartbeat_ms=30000
@@ -85,7 +86,7 @@ def namespace(admin_client: client.ApiClient, request: pytest.FixtureRequest) ->
     created = core.create_namespace(
         client.V1Namespace(
             metadata=client.V1ObjectMeta(
-                generate_name="qmo-test-",
+                generate_name=TEST_NAMESPACE_PREFIX,
                 labels={"qmo.dev/test": re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:63].strip("-_.")},
             )
         )
@@ -117,7 +118,9 @@ def operator(
     log_dir = tmp_path_factory.mktemp("operator")
     install_crds(cluster)
     with provisioner(cluster, log_dir):
-        process = OperatorProcess(cluster, hub.url, log_dir)
+        # Only the namespaces the ``namespace`` fixture makes: the chart tests run operators of their own
+        # (the chart's ServiceAccount, HA replicas) in qmo-chart-* namespaces, which this one must not touch.
+        process = OperatorProcess(cluster, hub.url, log_dir, namespaces=[f"{TEST_NAMESPACE_PREFIX}*"])
         process.start()
         try:
             yield process
