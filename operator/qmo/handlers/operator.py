@@ -27,6 +27,7 @@ GROUP = "qmo.dev"
 MANAGED = {"app.kubernetes.io/managed-by": "qmo"}
 # A reconcile whose status write met a newer object is repeated on a fresh read this many times in all.
 CONFLICT_ATTEMPTS = 3
+GONE = "Gone"  # the outcome of a reconcile whose object went away meanwhile: nothing to report
 
 
 @dataclass
@@ -142,7 +143,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
                         rt.metrics.reconcile_conflicts.labels(kind).inc()
                         fresh = await current(kind, body)
                         if fresh is None:
-                            return Outcome(phase="Gone")
+                            return Outcome(phase=GONE)
                         body = fresh
         except (ApiError, SourceError, RetryLater) as error:
             rt.metrics.reconcile_errors.labels(kind, type(error).__name__).inc()
@@ -158,6 +159,8 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     async def reconcile_model(body: Mapping[str, Any]) -> None:
         rt = runtime()
         outcome = await run_reconcile("QuantizedModel", body, rt.models.reconcile)
+        if outcome.phase == GONE:
+            return
         meta = body["metadata"]
         rt.metrics.set_model_phase(meta["namespace"], meta["name"], outcome.phase)
         plan = ((outcome.status_patch or {}).get("plan")) or (body.get("status") or {}).get("plan")
@@ -171,6 +174,8 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     async def reconcile_artifact(body: Mapping[str, Any]) -> None:
         rt = runtime()
         outcome = await run_reconcile("ModelArtifact", body, rt.artifacts.reconcile)
+        if outcome.phase == GONE:
+            return
         meta = body["metadata"]
         rt.metrics.set_artifact_phase(meta["namespace"], meta["name"], outcome.phase)
         patch = outcome.status_patch or {}

@@ -22,7 +22,7 @@ from qmo.sandbox.testing import SessionCluster
 MANAGED = "app.kubernetes.io/managed-by=qmo"
 RECONCILES = "qmo_reconcile_duration_seconds_count"
 # Children qmo creates for a model or an artifact, by the kind their controller ownerReference names.
-CHILD_KINDS = ("deployments", "services", "poddisruptionbudgets", "jobs")
+CHILD_KINDS = ("deployments", "services", "poddisruptionbudgets", "networkpolicies", "jobs")
 
 
 def _items(cluster: SessionCluster, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
