@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from qmo.sandbox import build, nodes, stages
+from qmo.sandbox import stages
 from qmo.sandbox.chaos import KillCampaign, audit, settled
-from qmo.sandbox.cluster import ControlPlane
 from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config, install_crds, provisioner
 from qmo.sandbox.harness import quantized_model as model
-from qmo.sandbox.testing import Kube, SessionCluster
+from qmo.sandbox.testing import Kube, SessionCluster, private_cluster
 from qmo.sandbox.wait import wait_for
 
 
@@ -37,22 +35,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
-    result = build.build()
-    with tempfile.TemporaryDirectory(prefix="qmo-chaos-") as tmp:
-        plane = ControlPlane(
-            Path(tmp) / "plane",
-            bin_dir=result.bin_dir,
-            fleet=nodes.parse_fleet("cpu:1,h100:20x8"),
-            timings=stages.StageTimings(start_delay_ms=200, run_duration_ms=1000, node_heartbeat_ms=60000),
-            ephemeral=True,
-            context="qmo-chaos",
-        )
-        plane.start(timeout=180)
-        cluster = SessionCluster.of(plane, result.bin_dir)
-        try:
-            run(cluster, args, Path(tmp))
-        finally:
-            plane.stop(remove=True)
+    timings = stages.StageTimings(start_delay_ms=200, run_duration_ms=1000, node_heartbeat_ms=60000)
+    with private_cluster("chaos", "cpu:1,h100:20x8", timings=timings) as (cluster, tmp):
+        run(cluster, args, tmp)
 
 
 def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:

@@ -18,16 +18,14 @@ import json
 import re
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from qmo.sandbox import build, nodes, pki, stages
-from qmo.sandbox.cluster import ControlPlane
+from qmo.sandbox import pki, stages
 from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config, install_crds, provisioner
-from qmo.sandbox.testing import SessionCluster
+from qmo.sandbox.testing import SessionCluster, private_cluster
 from qmo.sandbox.wait import wait_for
 
 WATCHED = (
@@ -121,13 +119,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    result = build.build()
     if not args.sweep:
-        one_fleet(result.bin_dir, args, args.models, args.artifacts)
+        one_fleet(args, args.models, args.artifacts)
         return
     rows = []
     for count in (int(part) for part in args.sweep.split(",")):
-        rows.append(one_fleet(result.bin_dir, args, count, max(1, count // 10)))
+        rows.append(one_fleet(args, count, max(1, count // 10)))
         print(flush=True)
     print(f"growth over {args.nodes} nodes x 8 H100 (resync {args.resync_seconds:.0f} s):")
     header = ("models", "to Ready s", "req/model", "steady writes", "reconciles/min", "peak RSS MiB")
@@ -149,23 +146,11 @@ def main() -> None:
         )
 
 
-def one_fleet(bin_dir: Path, args: argparse.Namespace, count: int, artifacts: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="qmo-fleet-") as tmp:
-        plane = ControlPlane(
-            Path(tmp) / "plane",
-            bin_dir=bin_dir,
-            fleet=nodes.parse_fleet(f"cpu:1,h100:{args.nodes}x8"),
-            timings=stages.StageTimings(start_delay_ms=200, run_duration_ms=1000, node_heartbeat_ms=60000),
-            ephemeral=True,
-            context="qmo-fleet",
-            audit_writes=True,
-        )
-        plane.start(timeout=300)
-        cluster = SessionCluster.of(plane, bin_dir)
-        try:
-            return run(cluster, args, Path(tmp), count, artifacts)
-        finally:
-            plane.stop(remove=True)
+def one_fleet(args: argparse.Namespace, count: int, artifacts: int) -> dict[str, float]:
+    timings = stages.StageTimings(start_delay_ms=200, run_duration_ms=1000, node_heartbeat_ms=60000)
+    fleet = f"cpu:1,h100:{args.nodes}x8"
+    with private_cluster("fleet", fleet, timings=timings, audit_writes=True) as (cluster, tmp):
+        return run(cluster, args, tmp, count, artifacts)
 
 
 def run(

@@ -15,12 +15,9 @@ import argparse
 import json
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from qmo.sandbox import build, nodes
-from qmo.sandbox.cluster import ControlPlane
 from qmo.sandbox.harness import (
     EXAMPLE_REPO,
     EXAMPLE_SHA,
@@ -31,7 +28,7 @@ from qmo.sandbox.harness import (
     provisioner,
     quantized_model,
 )
-from qmo.sandbox.testing import SessionCluster
+from qmo.sandbox.testing import SessionCluster, private_cluster
 from qmo.sandbox.wait import wait_for
 
 CHART_CRDS = Path(__file__).resolve().parents[1] / "charts" / "quantized-model-operator" / "crds"
@@ -46,21 +43,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    result = build.build()
-    with tempfile.TemporaryDirectory(prefix="qmo-ha-") as tmp:
-        plane = ControlPlane(
-            Path(tmp) / "plane",
-            bin_dir=result.bin_dir,
-            fleet=nodes.parse_fleet("cpu:1,h100:2x8"),
-            ephemeral=True,
-            context="qmo-ha",
-        )
-        plane.start(timeout=180)
-        cluster = SessionCluster.of(plane, result.bin_dir)
-        try:
-            run(cluster, args, Path(tmp))
-        finally:
-            plane.stop(remove=True)
+    with private_cluster("ha", "cpu:1,h100:2x8") as (cluster, tmp):
+        run(cluster, args, tmp)
 
 
 def run(cluster: SessionCluster, args: argparse.Namespace, tmp: Path) -> None:

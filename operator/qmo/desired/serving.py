@@ -146,16 +146,21 @@ def build_serving_deployment(
     }
 
 
+def serving_child_metadata(*, model: str, namespace: str, owner: Owner) -> Manifest:
+    """Metadata of the objects beside the Deployment (Service, PDB, NetworkPolicy): one name, one owner."""
+    return {
+        "name": serving_name(model),
+        "namespace": namespace,
+        "labels": {**common_labels(component="serving", instance=model), LABEL_MODEL: model},
+        "ownerReferences": [owner.reference(controller=True)],
+    }
+
+
 def build_serving_service(*, model: str, namespace: str, owner: Owner) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": serving_name(model),
-            "namespace": namespace,
-            "labels": {**common_labels(component="serving", instance=model), LABEL_MODEL: model},
-            "ownerReferences": [owner.reference(controller=True)],
-        },
+        "metadata": serving_child_metadata(model=model, namespace=namespace, owner=owner),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(model),
@@ -169,12 +174,7 @@ def build_pod_disruption_budget(*, model: str, namespace: str, owner: Owner) -> 
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": serving_name(model),
-            "namespace": namespace,
-            "labels": {**common_labels(component="serving", instance=model), LABEL_MODEL: model},
-            "ownerReferences": [owner.reference(controller=True)],
-        },
+        "metadata": serving_child_metadata(model=model, namespace=namespace, owner=owner),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(model)}},
     }
 
@@ -189,12 +189,7 @@ def build_network_policy(*, model: str, namespace: str, owner: Owner, policy: Ne
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": serving_name(model),
-            "namespace": namespace,
-            "labels": {**common_labels(component="serving", instance=model), LABEL_MODEL: model},
-            "ownerReferences": [owner.reference(controller=True)],
-        },
+        "metadata": serving_child_metadata(model=model, namespace=namespace, owner=owner),
         "spec": {
             "podSelector": {"matchLabels": selector_labels(model)},
             "policyTypes": ["Ingress"],

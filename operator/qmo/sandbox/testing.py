@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qmo.sandbox import build, nodes, stages
 from qmo.sandbox.cluster import ControlPlane
 from qmo.sandbox.wait import wait_for
 
@@ -110,3 +114,33 @@ class Kube:
         model = wait_for(reached, timeout=timeout, description=f"QuantizedModel {name} to be {phase}")
         assert model is not None  # wait_for returns only a truthy result
         return model
+
+
+@contextmanager
+def private_cluster(
+    name: str,
+    fleet: str,
+    *,
+    timings: stages.StageTimings = stages.DEFAULT_TIMINGS,
+    audit_writes: bool = False,
+) -> Iterator[tuple[SessionCluster, Path]]:
+    """A control plane of its own (benchmarks): started in a temporary folder, removed afterwards.
+
+    Yields the cluster and a scratch folder beside it for logs.
+    """
+    bin_dir = build.build().bin_dir
+    with tempfile.TemporaryDirectory(prefix=f"qmo-{name}-") as tmp:
+        plane = ControlPlane(
+            Path(tmp) / "plane",
+            bin_dir=bin_dir,
+            fleet=nodes.parse_fleet(fleet),
+            timings=timings,
+            ephemeral=True,
+            context=f"qmo-{name}",
+            audit_writes=audit_writes,
+        )
+        plane.start(timeout=300)
+        try:
+            yield SessionCluster.of(plane, bin_dir), Path(tmp)
+        finally:
+            plane.stop(remove=True)
