@@ -130,6 +130,8 @@ def operator(
 
 @pytest.fixture
 def k(cluster: SessionCluster, namespace: str, operator: OperatorProcess) -> Iterator[Kube]:
-    yield Kube(cluster, namespace)
+    kube = Kube(cluster, namespace)
+    yield kube
     # Captured output is shown only when the test fails: then the operator's log explains why.
+    print(f"--- namespace {namespace} ---\n{kube.snapshot()}")
     print(f"--- operator log (tail) ---\n{operator.log_tail()}")

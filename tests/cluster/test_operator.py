@@ -196,6 +196,42 @@ def test_a_plan_that_cannot_fit_fails_with_numbers_before_any_job(k: Kube) -> No
     assert k.list("modelartifacts") == []
 
 
+def test_plans_never_ask_for_more_gpus_per_replica_than_one_node_has(k: Kube) -> None:
+    # The catalog's l4 assumes 8 per node; the sandbox's L4 nodes have one each. Unquantized weights and a
+    # 128k context need two L4s, so the plan must fail naming the node size, not roll out a pod no node
+    # can take.
+    k.apply(model("wide", method="none", serving={"gpuClass": "l4", "maxModelLen": 131072}))
+    failed = k.wait_phase("wide", "Failed")
+    message = failed["status"]["message"]
+    assert "1 GPUs per node" in message, message
+    assert k.list("deployments") == []
+
+
+def test_a_serving_pod_no_node_can_take_says_why(k: Kube, cluster: SessionCluster) -> None:
+    gpu_class = f"nowhere-{k.namespace}"  # cluster-scoped: named after the test's namespace
+    manifest = {
+        "apiVersion": "qmo.dev/v1alpha1",
+        "kind": "GPUClass",
+        "metadata": {"name": gpu_class},
+        "spec": {"memoryGiB": 79.18, "gpusPerNode": 8, "nodeSelector": {"qmo.dev/pool": "none"}},
+    }
+    k.apply(manifest)
+    try:
+        k.apply(model("stranded", serving={"gpuClass": gpu_class}))
+        stranded = wait_for(
+            lambda: (lambda m: m if "Unschedulable" in m["status"].get("message", "") else None)(
+                k.get("qm", "stranded") or {"status": {}}
+            ),
+            timeout=90,
+            description="the model to report its unschedulable pod",
+        )
+        status = stranded["status"]
+        assert status["phase"] == "Deploying"  # an autoscaler may still add a node: not Failed
+        assert "didn't match Pod's node affinity/selector" in status["message"], status["message"]
+    finally:
+        cluster.kubectl("delete", "gpuclass", gpu_class, "--wait=false", check=False)
+
+
 @pytest.mark.parametrize(
     ("spec_patch", "field_path"),
     [

@@ -238,13 +238,14 @@ def rbac_rules() -> dict[str, Any]:
 
 def test_rbac_grants_exactly_what_the_code_calls() -> None:
     rules = rbac_rules()
-    grants = granted([*rules["namespaced"], rules["tokenSecrets"], *rules["cluster"]])
+    grants = granted([*rules["namespaced"], rules["tokenSecrets"], *rules["cluster"], *rules["nodes"]])
     assert grants == needed_grants()
 
 
 def test_rbac_has_no_wildcards_and_no_broad_reads() -> None:
     rules = rbac_rules()
     every = [*rules["namespaced"], rules["tokenSecrets"], *rules["cluster"], *rules["clusterPeering"]]
+    every += rules["nodes"]
     every += rules["namespacedPeering"]
     for rule in every:
         for field in ("apiGroups", "resources", "verbs"):
@@ -253,7 +254,7 @@ def test_rbac_has_no_wildcards_and_no_broad_reads() -> None:
     grants = granted(every)
     assert grants[("", "secrets")] == {"get"}, "Secrets: get the named token only, never list or watch"
     assert "delete" not in grants[("apps", "deployments")]
-    assert ("", "nodes") not in grants
+    assert granted(rules["nodes"]) == {("", "nodes"): {"list"}}, "Nodes: list their shapes, nothing more"
     assert ("", "namespaces") not in grants, "cluster-wide kopf never lists namespaces"
     cluster_scoped = {key for key in granted(rules["cluster"])}
     assert cluster_scoped == {

@@ -60,6 +60,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "qmo.clusterRules" -}}
 {{- $rules := include "qmo.rules" . | fromYaml -}}
 {{- $all := $rules.cluster -}}
+{{- if .Values.rbac.readNodes -}}
+{{- $all = concat $all $rules.nodes -}}
+{{- end -}}
 {{- if .Values.watchNamespaces -}}
 {{- $all = concat $all $rules.namespacedMode -}}
 {{- end -}}

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
 from qmo.api.gpuclass import GPUClassSpec
 from qmo.desired.common import Placement
 from qmo.planner import BUILTIN_GPUS, GPUSpec
-from qmo.reconcile.kube import Kube
+from qmo.reconcile.kube import ApiError, Kube, Manifest
+
+log = logging.getLogger(__name__)
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -56,8 +61,69 @@ def from_gpu_class(name: str, spec: GPUClassSpec) -> ResolvedGPU:
     )
 
 
-async def resolve_gpu(kube: Kube, name: str) -> ResolvedGPU:
-    """The cluster's GPUClass wins over the built-in catalog entry of the same name."""
+def largest_node_gpus(nodes: Iterable[Manifest], resource_name: str) -> int | None:
+    """The most GPUs any one of these nodes can give a pod (its allocatable count); None without such nodes."""
+    counts = []
+    for node in nodes:
+        allocatable = str((node.get("status") or {}).get("allocatable", {}).get(resource_name, "0"))
+        counts.append(int(allocatable) if allocatable.isdigit() else 0)
+    return max(counts) if counts and max(counts) > 0 else None
+
+
+class NodeShapes:
+    """How many GPUs the cluster's nodes of a placement have, read from the Nodes at most every ``ttl`` s.
+
+    A GPU class may not know the machine: the catalog (and the chart's classes) assume 8 per node, and a
+    fleet of single-L4 nodes would get a tensor-parallel size no node can hold (a pod Pending forever).
+    The nodes say how big a replica can be. Read once per ``ttl`` per selector, so a fleet of models costs one list.
+    """
+
+    def __init__(self, kube: Kube, *, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube = kube
+        self.ttl = ttl
+        self.clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self._forbidden = False
+
+    async def largest(self, placement: Placement) -> int | None:
+        if self._forbidden:
+            return None
+        selector = ",".join(f"{key}={value}" for key, value in sorted(placement.node_selector.items()))
+        cache_key = (selector, placement.resource_name)
+        seen = self._seen.get(cache_key)
+        if seen is not None and self.clock() - seen[0] < self.ttl:
+            return seen[1]
+        try:
+            nodes = await self.kube.list("Node", None, label_selector=selector)
+        except ApiError as error:
+            if error.status != 403:
+                raise  # transient: retry the reconcile rather than plan once without the nodes
+            # Not granted (rbac.nodes=false): plan from the catalog, as before; say so once.
+            log.warning(
+                "cannot list nodes (%s): built-in GPU classes plan with the catalog's GPUs per node", error
+            )
+            self._forbidden = True
+            return None
+        largest = largest_node_gpus(nodes, placement.resource_name)
+        self._seen[cache_key] = (self.clock(), largest)
+        return largest
+
+
+async def resolve_gpu(kube: Kube, name: str, node_shapes: NodeShapes | None = None) -> ResolvedGPU:
+    """The cluster's GPUClass wins over the built-in catalog entry of the same name.
+
+    Either way, GPUs per node are capped at what the cluster's matching nodes offer: a replica must fit on
+    one node, and the nodes are the truth (the shipped classes, like the catalog, say 8). With no matching
+    node at all the class stands as declared, since an autoscaler may be about to make one.
+    """
+    resolved = await _declared_gpu(kube, name)
+    largest = await node_shapes.largest(resolved.placement) if node_shapes is not None else None
+    if largest is not None and largest < resolved.spec.gpus_per_node:
+        resolved = replace(resolved, spec=replace(resolved.spec, gpus_per_node=largest))
+    return resolved
+
+
+async def _declared_gpu(kube: Kube, name: str) -> ResolvedGPU:
     body = await kube.get("GPUClass", None, name)
     if body is not None:
         try:

@@ -33,6 +33,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "Pod": ("pods", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
     "PersistentVolume": ("persistentvolumes", False),
+    "Node": ("nodes", False),
     "Secret": ("secrets", True),
 }
 API_VERSIONS: dict[str, str] = {
@@ -47,6 +48,7 @@ API_VERSIONS: dict[str, str] = {
     "Pod": "v1",
     "PersistentVolumeClaim": "v1",
     "PersistentVolume": "v1",
+    "Node": "v1",
     "Secret": "v1",
 }
 

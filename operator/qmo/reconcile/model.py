@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from qmo.desired.serving import (
     selector_labels,
 )
 from qmo.planner import PlanningError, PlanRequest, ServingPlan, plan, predict_checkpoint_bytes
-from qmo.reconcile.gpus import ResolvedGPU, UnknownGPUClass, resolve_gpu
+from qmo.reconcile.gpus import NodeShapes, ResolvedGPU, UnknownGPUClass, resolve_gpu
 from qmo.reconcile.jobs import job_state, termination_message
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.source import HubClient, SourceError
@@ -190,12 +190,28 @@ def deployment_rollout(deployment: Mapping[str, Any] | None, replicas: int) -> t
     return rolled, ready, "RolledOut" if rolled else "RollingOut"
 
 
+def serving_selector(model: str) -> str:
+    """The label selector of a model's serving pods, as the API's labelSelector parameter spells it."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(model).items()))
+
+
+def unschedulable_message(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """The scheduler's reason a serving pod waits for a node (e.g. "0/11 nodes are available: ..."), if any."""
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions", []):
+            scheduled = (cond.get("type"), cond.get("status"), cond.get("reason"))
+            if scheduled == ("PodScheduled", "False", "Unschedulable"):
+                return str(cond.get("message") or "no node fits the pod")
+    return None
+
+
 class ModelReconciler:
     """Reconciles QuantizedModels. One instance per operator; no state a restart would lose."""
 
     def __init__(self, kube: Kube, hub: HubClient) -> None:
         self.kube = kube
         self.hub = hub
+        self.node_shapes = NodeShapes(kube)
         # config.json read from PVC sources, by the inspect Job's uid (a Job's result never changes).
         self._pvc_configs: dict[str, dict[str, Any]] = {}
 
@@ -287,7 +303,7 @@ class ModelReconciler:
 
         source, resolved_source, config = await self._resolve_source(namespace, spec, old, owner)
         try:
-            gpu = await resolve_gpu(self.kube, spec.serving.gpu_class)
+            gpu = await resolve_gpu(self.kube, spec.serving.gpu_class, self.node_shapes)
         except UnknownGPUClass as error:
             raise PermanentFailure("UnknownGPUClass", str(error)) from error
         try:
@@ -355,7 +371,7 @@ class ModelReconciler:
             "resolvedSource": resolved_source,
             "plan": planned.to_wire(),
             "artifact": {"name": ma_name, "key": key, "phase": artifact_phase},
-            "selector": ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items())),
+            "selector": serving_selector(name),
         }
         if source.huggingface is not None:
             status["resolvedRevision"] = source.huggingface.revision
@@ -397,6 +413,14 @@ class ModelReconciler:
         else:
             phase = "Deploying"
             message = f"{ready}/{spec.serving.replicas} replicas ready ({rollout_reason})"
+        if weights_ready and not rolled and deployment is not None:
+            # A pod no node can take stays Pending without a word in the Deployment: say why, or an SRE
+            # sees "RollingOut" forever. (Cluster autoscalers act on the same condition, so not Failed.)
+            waiting = unschedulable_message(
+                await self.kube.list("Pod", namespace, label_selector=serving_selector(name))
+            )
+            if waiting is not None:
+                message = f"{ready}/{spec.serving.replicas} replicas ready (Unschedulable: {waiting})"
         status["phase"] = phase
         status["message"] = message
         status["conditions"] = [

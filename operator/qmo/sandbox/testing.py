@@ -106,6 +106,23 @@ class Kube:
         phase = ((self.get("qm", name) or {}).get("status") or {}).get("phase")
         return str(phase) if phase is not None else None
 
+    def snapshot(self) -> str:
+        """What a person debugging a failed test would look at first: the namespace's objects and events."""
+        lines = []
+        for args in (
+            ("get", "quantizedmodels,modelartifacts,jobs,pods,deployments", "-o", "wide"),
+            (
+                "get",
+                "quantizedmodels",
+                "-o",
+                'jsonpath={range .items[*]}{.metadata.name}: {.status}{"\\n"}{end}',
+            ),
+            ("get", "events", "--sort-by=.lastTimestamp"),
+        ):
+            result = self.cluster.kubectl(*args, "-n", self.namespace, check=False)
+            lines.append(f"$ kubectl {' '.join(args)}\n{result.stdout}{result.stderr}")
+        return "\n".join(lines)
+
     def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
             model = self.get("qm", name)

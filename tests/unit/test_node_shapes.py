@@ -1,0 +1,125 @@
+"""GPUs per node come from the nodes when the cluster has any for the class; the scheduler's "why Pending"."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from qmo.desired.common import Placement
+from qmo.reconcile.gpus import NodeShapes, largest_node_gpus, resolve_gpu
+from qmo.reconcile.kube import ApiError
+from qmo.reconcile.model import unschedulable_message
+
+
+def node(gpus: str | None, resource: str = "nvidia.com/gpu") -> dict[str, Any]:
+    return {"status": {"allocatable": {"cpu": "8", **({resource: gpus} if gpus is not None else {})}}}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"),
+    [
+        ([], None),  # no node of the class yet: the autoscaler may make one, the class stands
+        ([node(None)], None),  # a CPU node matched the selector: it says nothing about GPUs
+        ([node("1"), node("1")], 1),
+        ([node("1"), node("4"), node("0")], 4),
+        ([node("8", resource="amd.com/gpu")], None),  # another resource than the class asks for
+    ],
+)
+def test_largest_node_gpus(nodes: list[dict[str, Any]], expected: int | None) -> None:
+    assert largest_node_gpus(nodes, "nvidia.com/gpu") == expected
+
+
+class NodeLister:
+    """The one Kube call NodeShapes makes, answering from a list (or refusing) and counting the calls."""
+
+    def __init__(self, nodes: list[dict[str, Any]], error: ApiError | None = None) -> None:
+        self.nodes, self.error, self.selectors = nodes, error, []
+
+    async def list(self, kind: str, namespace: str | None, *, label_selector: str = "") -> list[Any]:
+        assert (kind, namespace) == ("Node", None)
+        self.selectors.append(label_selector)
+        if self.error is not None:
+            raise self.error
+        return self.nodes
+
+
+L4 = Placement(node_selector={"nvidia.com/gpu.product": "NVIDIA-L4"})
+
+
+def test_node_shapes_reads_each_selector_once_per_ttl() -> None:
+    now = [0.0]
+    lister = NodeLister([node("1")])
+    shapes = NodeShapes(lister, ttl=30, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    async def read_twice_then_later() -> list[int | None]:
+        first = await shapes.largest(L4)
+        again = await shapes.largest(L4)
+        now[0] = 31
+        lister.nodes = [node("4")]
+        return [first, again, await shapes.largest(L4)]
+
+    assert asyncio.run(read_twice_then_later()) == [1, 1, 4]
+    assert lister.selectors == ["nvidia.com/gpu.product=NVIDIA-L4"] * 2
+
+
+def test_node_shapes_without_the_grant_falls_back_to_the_class_for_good() -> None:
+    lister = NodeLister([], error=ApiError(403, "Forbidden", "nodes is forbidden"))
+    shapes = NodeShapes(lister)  # type: ignore[arg-type]
+    assert asyncio.run(shapes.largest(L4)) is None
+    assert asyncio.run(shapes.largest(L4)) is None
+    assert len(lister.selectors) == 1  # refused once, never asked again
+
+
+def test_node_shapes_lets_a_transient_error_retry_the_reconcile() -> None:
+    # Planning once without the nodes would flip the plan (and roll the Deployment) for a 503.
+    shapes = NodeShapes(NodeLister([], error=ApiError(503, "ServiceUnavailable", "etcd")))  # type: ignore[arg-type]
+    with pytest.raises(ApiError):
+        asyncio.run(shapes.largest(L4))
+
+
+def pod(*conditions: dict[str, str]) -> dict[str, Any]:
+    return {"status": {"conditions": list(conditions)}}
+
+
+def test_unschedulable_message_is_the_schedulers() -> None:
+    waiting = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/11 nodes are available: 4 Insufficient nvidia.com/gpu.",
+    }
+    running = {"type": "PodScheduled", "status": "True"}
+    gated = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}
+    assert unschedulable_message([pod(running), pod(waiting)]) == waiting["message"]
+    assert unschedulable_message([pod(running), pod(gated), {}]) is None
+
+
+class ClassAndNodes(NodeLister):
+    def __init__(self, gpu_class: dict[str, Any] | None, nodes: list[dict[str, Any]]) -> None:
+        super().__init__(nodes)
+        self.gpu_class = gpu_class
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        assert kind == "GPUClass"
+        return self.gpu_class
+
+
+@pytest.mark.parametrize(
+    ("gpu_class", "nodes", "expected"),
+    [
+        (None, [node("1")], 1),  # built-in l4 (8 per node in the catalog) on single-L4 machines
+        (None, [], 8),  # no L4 node yet: the catalog stands
+        (None, [node("16")], 8),  # never more than the class says
+        ({"memoryGiB": 22.03, "gpusPerNode": 4, "nodeSelector": {"pool": "l4"}}, [node("2")], 2),
+    ],
+)
+def test_resolve_gpu_caps_gpus_per_node_at_the_nodes(
+    gpu_class: dict[str, Any] | None, nodes: list[dict[str, Any]], expected: int
+) -> None:
+
+    kube = ClassAndNodes({"spec": gpu_class} if gpu_class else None, nodes)
+    resolved = asyncio.run(resolve_gpu(kube, "l4", NodeShapes(kube)))  # type: ignore[arg-type]
+    assert resolved.spec.gpus_per_node == expected
+    assert kube.selectors == ["pool=l4" if gpu_class else "nvidia.com/gpu.product=NVIDIA-L4"]
