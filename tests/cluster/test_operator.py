@@ -207,7 +207,13 @@ def test_plans_never_ask_for_more_gpus_per_replica_than_one_node_has(k: Kube) ->
     assert k.list("deployments") == []
 
 
-def test_a_serving_pod_no_node_can_take_says_why(k: Kube, cluster: SessionCluster) -> None:
+@pytest.mark.parametrize(
+    ("method", "waiting_phase"),
+    [("awq", "Quantizing"), ("none", "Deploying")],  # the quantize pod, or (no GPU Job) the serving pod
+)
+def test_a_pod_no_node_can_take_says_why(
+    k: Kube, cluster: SessionCluster, method: str, waiting_phase: str
+) -> None:
     gpu_class = f"nowhere-{k.namespace}"  # cluster-scoped: named after the test's namespace
     manifest = {
         "apiVersion": "qmo.dev/v1alpha1",
@@ -217,7 +223,7 @@ def test_a_serving_pod_no_node_can_take_says_why(k: Kube, cluster: SessionCluste
     }
     k.apply(manifest)
     try:
-        k.apply(model("stranded", serving={"gpuClass": gpu_class}))
+        k.apply(model("stranded", method=method, serving={"gpuClass": gpu_class}))
         stranded = wait_for(
             lambda: (lambda m: m if "Unschedulable" in m["status"].get("message", "") else None)(
                 k.get("qm", "stranded") or {"status": {}}
@@ -226,7 +232,7 @@ def test_a_serving_pod_no_node_can_take_says_why(k: Kube, cluster: SessionCluste
             description="the model to report its unschedulable pod",
         )
         status = stranded["status"]
-        assert status["phase"] == "Deploying"  # an autoscaler may still add a node: not Failed
+        assert status["phase"] == waiting_phase  # an autoscaler may still add a node: not Failed
         assert "didn't match Pod's node affinity/selector" in status["message"], status["message"]
     finally:
         cluster.kubectl("delete", "gpuclass", gpu_class, "--wait=false", check=False)

@@ -9,8 +9,8 @@ import pytest
 
 from qmo.desired.common import Placement
 from qmo.reconcile.gpus import NodeShapes, largest_node_gpus, resolve_gpu
+from qmo.reconcile.jobs import unschedulable_message
 from qmo.reconcile.kube import ApiError
-from qmo.reconcile.model import unschedulable_message
 
 
 def node(gpus: str | None, resource: str = "nvidia.com/gpu") -> dict[str, Any]:

@@ -14,7 +14,7 @@ from qmo.api.base import API_VERSION
 from qmo.desired.artifact import build_evict_job, build_quantize_job
 from qmo.desired.common import Owner
 from qmo.desired.names import evict_job_name, quantize_job_name
-from qmo.reconcile.jobs import job_seconds, job_state, termination_message
+from qmo.reconcile.jobs import job_seconds, job_state, termination_message, unschedulable_message
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.model import Event, Outcome, format_validation_error
 from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339, status_write
@@ -126,6 +126,17 @@ class ArtifactReconciler:
                 phase="Quantizing" if active else "Pending",
                 message=f"quantize Job {job_name} {'running' if active else 'waiting for a pod'}",
             )
+            if active:
+                # An active Job's pod may still wait for a node (GPUs taken, a selector no node matches).
+                pods = await self.kube.list("Pod", namespace, label_selector=f"job-name={job_name}")
+                waiting = unschedulable_message(pods)
+                if waiting is not None:
+                    status.update(
+                        phase="Pending",
+                        message=f"quantize Job {job_name} waiting for a node (Unschedulable: {waiting})"[
+                            :MAX_MESSAGE
+                        ],
+                    )
 
     async def evict(self, body: Mapping[str, Any]) -> bool:
         """Delete the artifact's files with a Job; True once they are gone (then the finalizer may go)."""

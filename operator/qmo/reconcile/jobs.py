@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -42,4 +42,14 @@ def termination_message(pods: Sequence[Mapping[str, Any]], *, phase: str) -> str
             message = ((container.get("state") or {}).get("terminated") or {}).get("message")
             if message:
                 return str(message)
+    return None
+
+
+def unschedulable_message(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """The scheduler's reason a serving pod waits for a node (e.g. "0/11 nodes are available: ..."), if any."""
+    for pod in pods:
+        for cond in (pod.get("status") or {}).get("conditions", []):
+            scheduled = (cond.get("type"), cond.get("status"), cond.get("reason"))
+            if scheduled == ("PodScheduled", "False", "Unschedulable"):
+                return str(cond.get("message") or "no node fits the pod")
     return None

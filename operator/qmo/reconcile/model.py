@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ from qmo.desired.serving import (
 )
 from qmo.planner import PlanningError, PlanRequest, ServingPlan, plan, predict_checkpoint_bytes
 from qmo.reconcile.gpus import NodeShapes, ResolvedGPU, UnknownGPUClass, resolve_gpu
-from qmo.reconcile.jobs import job_state, termination_message
+from qmo.reconcile.jobs import job_state, termination_message, unschedulable_message
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.source import HubClient, SourceError
 from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339, status_write
@@ -193,16 +193,6 @@ def deployment_rollout(deployment: Mapping[str, Any] | None, replicas: int) -> t
 def serving_selector(model: str) -> str:
     """The label selector of a model's serving pods, as the API's labelSelector parameter spells it."""
     return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(model).items()))
-
-
-def unschedulable_message(pods: Iterable[Mapping[str, Any]]) -> str | None:
-    """The scheduler's reason a serving pod waits for a node (e.g. "0/11 nodes are available: ..."), if any."""
-    for pod in pods:
-        for cond in (pod.get("status") or {}).get("conditions", []):
-            scheduled = (cond.get("type"), cond.get("status"), cond.get("reason"))
-            if scheduled == ("PodScheduled", "False", "Unschedulable"):
-                return str(cond.get("message") or "no node fits the pod")
-    return None
 
 
 class ModelReconciler:
@@ -401,6 +391,8 @@ class ModelReconciler:
         if not weights_ready:
             phase = "Quantizing"
             message = f"waiting for ModelArtifact {ma_name} ({artifact_phase})"
+            if "Unschedulable" in artifact_message:
+                message += f": {artifact_message}"  # no node for the quantize Job: the user's fix too
         elif rolled:
             phase = "Ready"
             message = f"serving on {planned.tensor_parallel_size}x {gpu.spec.name} per replica"
