@@ -373,6 +373,7 @@ def test_namespaced_mode_grants_only_the_watched_namespaces(
             {
                 "watchNamespaces": "{" + team + "}",
                 "rbac.tokenSecretNames": "{hf-token}",
+                "rbac.readNodes": "false",  # the locked-down choice: plans trust the GPUClasses
                 "gpuClasses.create": "false",
                 "replicas": "0",
             }
@@ -391,6 +392,7 @@ def test_namespaced_mode_grants_only_the_watched_namespaces(
         for verb, resource in granted_rules("cluster", "namespacedMode"):
             assert can_i(cluster, subject, verb, resource, None), f"{verb} {resource}"
         assert not can_i(cluster, subject, "list", "quantizedmodels.qmo.dev", None), "cluster-wide list"
+        assert not can_i(cluster, subject, "list", "nodes", None), "rbac.readNodes=false still lists nodes"
         assert not can_i(cluster, subject, "get", "secrets", "kube-system")
 
         k = Models(cluster, team)
@@ -431,7 +433,7 @@ def test_cluster_wide_mode_grants_nothing_beyond_need(
     )
     subject = f"system:serviceaccount:{system}:qmo-rbac-quantized-model-operator"
     try:
-        for verb, resource in granted_rules("namespaced", "tokenSecrets", "cluster"):
+        for verb, resource in granted_rules("namespaced", "tokenSecrets", "cluster", "nodes"):
             assert can_i(cluster, subject, verb, resource, "default"), f"{verb} {resource}"
         refused = [
             ("delete", "deployments.apps"),
@@ -440,9 +442,10 @@ def test_cluster_wide_mode_grants_nothing_beyond_need(
             ("watch", "secrets"),
             ("create", "pods"),
             ("delete", "pods"),
-            ("get", "nodes"),
+            ("get", "nodes"),  # nodes: list (their GPU counts), nothing more
+            ("watch", "nodes"),
+            ("patch", "nodes"),
             ("list", "namespaces"),
-            ("list", "nodes"),
             ("update", "quantizedmodels.qmo.dev"),
             ("delete", "quantizedmodels.qmo.dev"),
             ("create", "gpuclasses.qmo.dev"),

@@ -225,15 +225,16 @@ def test_a_pod_no_node_can_take_says_why(
     try:
         k.apply(model("stranded", method=method, serving={"gpuClass": gpu_class}))
         stranded = wait_for(
-            lambda: (lambda m: m if "Unschedulable" in m["status"].get("message", "") else None)(
-                k.get("qm", "stranded") or {"status": {}}
-            ),
+            # The selector's words, not any Unschedulable: a CPU Job pod waits a moment for its claim.
+            lambda: (
+                lambda m: m if "didn't match Pod's node affinity" in m["status"].get("message", "") else None
+            )(k.get("qm", "stranded") or {"status": {}}),
             timeout=90,
             description="the model to report its unschedulable pod",
         )
         status = stranded["status"]
         assert status["phase"] == waiting_phase  # an autoscaler may still add a node: not Failed
-        assert "didn't match Pod's node affinity/selector" in status["message"], status["message"]
+        assert "Unschedulable: 0/" in status["message"], status["message"]
     finally:
         cluster.kubectl("delete", "gpuclass", gpu_class, "--wait=false", check=False)
 
