@@ -99,9 +99,8 @@ class NodeShapes:
             if error.status != 403:
                 raise  # transient: retry the reconcile rather than plan once without the nodes
             # Not granted (rbac.nodes=false): plan from the catalog, as before; say so once.
-            log.warning(
-                "cannot list nodes (%s): built-in GPU classes plan with the catalog's GPUs per node", error
-            )
+            # Worded apart from permission trouble: an expected setting (the chart's rbac.readNodes=false).
+            log.info("nodes are not listable (rbac.readNodes=false): GPU classes are planned as declared")
             self._forbidden = True
             return None
         largest = largest_node_gpus(nodes, placement.resource_name)
