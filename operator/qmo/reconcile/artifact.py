@@ -15,7 +15,7 @@ from qmo.desired.artifact import build_evict_job, build_quantize_job
 from qmo.desired.common import Owner
 from qmo.desired.names import evict_job_name, quantize_job_name
 from qmo.reconcile.jobs import job_seconds, job_state, termination_message, unschedulable_message
-from qmo.reconcile.kube import ApiError, Kube
+from qmo.reconcile.kube import ApiError, Kube, Manifest, label_selector
 from qmo.reconcile.model import Event, Outcome, format_validation_error
 from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339, status_write
 
@@ -107,14 +107,14 @@ class ArtifactReconciler:
         status["jobName"] = job_name
         state, job_message = job_state(job)
         if state == "Complete":
-            pods = await self.kube.list("Pod", namespace, label_selector=f"job-name={job_name}")
+            pods = await self._job_pods(namespace, job_name)
             status.update(summary_fields(termination_message(pods, phase="Succeeded")))
             seconds = job_seconds(job)
             if seconds is not None and "quantizeSeconds" not in status:
                 status["quantizeSeconds"] = seconds
             status.update(phase="Ready", message=f"{spec.recipe.method} checkpoint ready in the cache")
         elif state == "Failed":
-            pods = await self.kube.list("Pod", namespace, label_selector=f"job-name={job_name}")
+            pods = await self._job_pods(namespace, job_name)
             detail = termination_message(pods, phase="Failed") or ""
             message = f"quantize Job {job_name} failed ({job_message})"
             if detail:
@@ -128,7 +128,7 @@ class ArtifactReconciler:
             )
             if active:
                 # An active Job's pod may still wait for a node (GPUs taken, a selector no node matches).
-                pods = await self.kube.list("Pod", namespace, label_selector=f"job-name={job_name}")
+                pods = await self._job_pods(namespace, job_name)
                 waiting = unschedulable_message(pods)
                 if waiting is not None:
                     status.update(
@@ -137,6 +137,9 @@ class ArtifactReconciler:
                             :MAX_MESSAGE
                         ],
                     )
+
+    async def _job_pods(self, namespace: str, job_name: str) -> list[Manifest]:
+        return await self.kube.list("Pod", namespace, label_selector=label_selector({"job-name": job_name}))
 
     async def evict(self, body: Mapping[str, Any]) -> bool:
         """Delete the artifact's files with a Job; True once they are gone (then the finalizer may go)."""

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from qmo.api.gpuclass import GPUClassSpec
 from qmo.desired.common import Placement
 from qmo.planner import BUILTIN_GPUS, GPUSpec
-from qmo.reconcile.kube import ApiError, Kube, Manifest
+from qmo.reconcile.kube import ApiError, Kube, Manifest, label_selector
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,10 @@ def from_gpu_class(name: str, spec: GPUClassSpec) -> ResolvedGPU:
 
 def largest_node_gpus(nodes: Iterable[Manifest], resource_name: str) -> int | None:
     """The most GPUs any one of these nodes can give a pod (its allocatable count); None without such nodes."""
-    counts = []
-    for node in nodes:
-        allocatable = str((node.get("status") or {}).get("allocatable", {}).get(resource_name, "0"))
-        counts.append(int(allocatable) if allocatable.isdigit() else 0)
-    return max(counts) if counts and max(counts) > 0 else None
+    counts = (
+        str((node.get("status") or {}).get("allocatable", {}).get(resource_name, "0")) for node in nodes
+    )
+    return max((int(count) for count in counts if count.isdigit()), default=0) or None
 
 
 class NodeShapes:
@@ -88,7 +87,7 @@ class NodeShapes:
     async def largest(self, placement: Placement) -> int | None:
         if self._forbidden:
             return None
-        selector = ",".join(f"{key}={value}" for key, value in sorted(placement.node_selector.items()))
+        selector = label_selector(placement.node_selector)
         cache_key = (selector, placement.resource_name)
         seen = self._seen.get(cache_key)
         if seen is not None and self.clock() - seen[0] < self.ttl:
@@ -98,8 +97,8 @@ class NodeShapes:
         except ApiError as error:
             if error.status != 403:
                 raise  # transient: retry the reconcile rather than plan once without the nodes
-            # Not granted (rbac.nodes=false): plan from the catalog, as before; say so once.
-            # Worded apart from permission trouble: an expected setting (the chart's rbac.readNodes=false).
+            # Not granted: plan the classes as declared, and say so once, worded apart from permission
+            # trouble, since it is a setting the chart offers (rbac.readNodes=false).
             log.info("nodes are not listable (rbac.readNodes=false): GPU classes are planned as declared")
             self._forbidden = True
             return None

@@ -46,7 +46,7 @@ def termination_message(pods: Sequence[Mapping[str, Any]], *, phase: str) -> str
 
 
 def unschedulable_message(pods: Iterable[Mapping[str, Any]]) -> str | None:
-    """The scheduler's reason a serving pod waits for a node (e.g. "0/11 nodes are available: ..."), if any."""
+    """The scheduler's reason one of these pods waits for a node (e.g. "0/11 nodes are available: ...")."""
     for pod in pods:
         for cond in (pod.get("status") or {}).get("conditions", []):
             scheduled = (cond.get("type"), cond.get("status"), cond.get("reason"))

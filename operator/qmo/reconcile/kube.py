@@ -68,6 +68,11 @@ class ApiError(Exception):
         return self.status in (429, 500, 502, 503, 504) or self.status == 0
 
 
+def label_selector(labels: Mapping[str, str]) -> str:
+    """Labels as the API's labelSelector parameter spells an equality match (sorted: one spelling)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
 def path_for(
     kind: str, namespace: str | None = None, name: str | None = None, *, subresource: str = ""
 ) -> str:

@@ -42,7 +42,7 @@ from qmo.desired.serving import (
 from qmo.planner import PlanningError, PlanRequest, ServingPlan, plan, predict_checkpoint_bytes
 from qmo.reconcile.gpus import NodeShapes, ResolvedGPU, UnknownGPUClass, resolve_gpu
 from qmo.reconcile.jobs import job_state, termination_message, unschedulable_message
-from qmo.reconcile.kube import ApiError, Kube
+from qmo.reconcile.kube import ApiError, Kube, label_selector
 from qmo.reconcile.source import HubClient, SourceError
 from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339, status_write
 
@@ -192,7 +192,7 @@ def deployment_rollout(deployment: Mapping[str, Any] | None, replicas: int) -> t
 
 def serving_selector(model: str) -> str:
     """The label selector of a model's serving pods, as the API's labelSelector parameter spells it."""
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(model).items()))
+    return label_selector(selector_labels(model))
 
 
 class ModelReconciler:
