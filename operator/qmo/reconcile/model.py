@@ -512,7 +512,7 @@ class ModelReconciler:
         state, job_message = job_state(job)
         if state == "Running" or state == "Missing":
             raise Waiting(f"reading {where}")
-        pods = await self.kube.list("Pod", namespace, label_selector=f"job-name={job_name}")
+        pods = await self.kube.list("Pod", namespace, label_selector=label_selector({"job-name": job_name}))
         if state == "Failed":
             detail = termination_message(pods, phase="Failed") or job_message
             raise PermanentFailure(
