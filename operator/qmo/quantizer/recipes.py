@@ -122,10 +122,15 @@ def build_modifiers(recipe: Recipe) -> list[Any]:
             )
         ]
     if recipe.method == "awq":
-        from llmcompressor.modifiers.awq import AWQModifier
+        # AWQ is a transform: it only rescales channels, and the QuantizationModifier after it
+        # quantizes. (The one-modifier AWQ of older releases is a deprecated shim in 0.14.)
+        from llmcompressor.modifiers.transform.awq import AWQModifier
 
         return [
-            AWQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}}, ignore=ignore)
+            AWQModifier(),
+            QuantizationModifier(
+                config_groups={"group_0": {"targets": ["Linear"], "weights": weights}}, ignore=ignore
+            ),
         ]
     if recipe.method == "w8a8":
         from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
