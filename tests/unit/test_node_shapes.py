@@ -64,6 +64,47 @@ def test_node_shapes_reads_each_selector_once_per_ttl() -> None:
     assert lister.selectors == ["nvidia.com/gpu.product=NVIDIA-L4"] * 2
 
 
+class SlowNodeLister(NodeLister):
+    """Answers only when released, as a real list of 200 nodes takes a while: reconciles pile up meanwhile."""
+
+    def __init__(self, nodes: list[dict[str, Any]], error: ApiError | None = None) -> None:
+        super().__init__(nodes, error)
+        self.released = asyncio.Event()
+
+    async def list(self, kind: str, namespace: str | None, *, label_selector: str = "") -> list[Any]:
+        self.selectors.append(label_selector)
+        await self.released.wait()
+        if self.error is not None:
+            raise self.error
+        return self.nodes
+
+
+@pytest.mark.parametrize("error", [None, ApiError(503, "ServiceUnavailable", "etcd")])
+def test_node_shapes_shares_one_list_among_concurrent_reconciles(error: ApiError | None) -> None:
+    # A fleet applied at once starts hundreds of reconciles on a cold cache (and again at every expiry):
+    # they must wait on the one list in flight, not each send their own (measured: +8 requests per model).
+    lister = SlowNodeLister([node("1")], error=error)
+    shapes = NodeShapes(lister)  # type: ignore[arg-type]
+
+    async def many_at_once() -> list[int | BaseException | None]:
+        waiting = [asyncio.ensure_future(shapes.largest(L4)) for _ in range(50)]
+        while not lister.selectors:
+            await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)  # every reconcile has had its chance to send a list of its own
+        lister.released.set()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    answers = asyncio.run(many_at_once())
+    assert len(lister.selectors) == 1
+    assert answers == ([1] * 50 if error is None else [error] * 50)
+    if error is not None:  # a failed list is not remembered: the retries ask again
+        lister.error, lister.released = None, asyncio.Event()
+        lister.released.set()
+        assert asyncio.run(shapes.largest(L4)) == 1
+        assert len(lister.selectors) == 2
+
+
 def test_node_shapes_without_the_grant_falls_back_to_the_class_for_good() -> None:
     lister = NodeLister([], error=ApiError(403, "Forbidden", "nodes is forbidden"))
     shapes = NodeShapes(lister)  # type: ignore[arg-type]

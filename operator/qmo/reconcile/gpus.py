@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -74,7 +75,8 @@ class NodeShapes:
 
     A GPU class may not know the machine: the catalog (and the chart's classes) assume 8 per node, and a
     fleet of single-L4 nodes would get a tensor-parallel size no node can hold (a pod Pending forever).
-    The nodes say how big a replica can be. Read once per ``ttl`` per selector, so a fleet of models costs one list.
+    The nodes say how big a replica can be. Read once per ``ttl`` per selector, so a fleet of models costs
+    one list: reconciles that arrive while that list is in flight wait for it rather than send their own.
     """
 
     def __init__(self, kube: Kube, *, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -82,6 +84,7 @@ class NodeShapes:
         self.ttl = ttl
         self.clock = clock
         self._seen: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self._in_flight: dict[tuple[str, str], asyncio.Task[int | None]] = {}
         self._forbidden = False
 
     async def largest(self, placement: Placement) -> int | None:
@@ -92,6 +95,21 @@ class NodeShapes:
         seen = self._seen.get(cache_key)
         if seen is not None and self.clock() - seen[0] < self.ttl:
             return seen[1]
+        listing = self._in_flight.get(cache_key)
+        if listing is None:
+            listing = asyncio.ensure_future(self._list(selector, placement.resource_name))
+            self._in_flight[cache_key] = listing
+            listing.add_done_callback(lambda done: self._finished(cache_key, done))
+        # Shielded: one reconcile cancelled (the operator stopping, a handler timeout) must not cancel
+        # the list the others are waiting on.
+        return await asyncio.shield(listing)
+
+    def _finished(self, cache_key: tuple[str, str], listing: asyncio.Task[int | None]) -> None:
+        self._in_flight.pop(cache_key, None)
+        if not listing.cancelled():
+            listing.exception()  # marks a failure as seen: its waiters (if any are left) raise it
+
+    async def _list(self, selector: str, resource_name: str) -> int | None:
         try:
             nodes = await self.kube.list("Node", None, label_selector=selector)
         except ApiError as error:
@@ -102,8 +120,8 @@ class NodeShapes:
             log.info("nodes are not listable (rbac.readNodes=false): GPU classes are planned as declared")
             self._forbidden = True
             return None
-        largest = largest_node_gpus(nodes, placement.resource_name)
-        self._seen[cache_key] = (self.clock(), largest)
+        largest = largest_node_gpus(nodes, resource_name)
+        self._seen[(selector, resource_name)] = (self.clock(), largest)
         return largest
 
 
