@@ -82,7 +82,7 @@ class SlowNodeLister(NodeLister):
 @pytest.mark.parametrize("error", [None, ApiError(503, "ServiceUnavailable", "etcd")])
 def test_node_shapes_shares_one_list_among_concurrent_reconciles(error: ApiError | None) -> None:
     # A fleet applied at once starts hundreds of reconciles on a cold cache (and again at every expiry):
-    # they must wait on the one list in flight, not each send their own (measured: +8 requests per model).
+    # they must wait on the one list in flight, not each send their own.
     lister = SlowNodeLister([node("1")], error=error)
     shapes = NodeShapes(lister)  # type: ignore[arg-type]
 
