@@ -97,7 +97,7 @@ class NodeShapes:
             return seen[1]
         listing = self._in_flight.get(cache_key)
         if listing is None:
-            listing = asyncio.ensure_future(self._list(selector, placement.resource_name))
+            listing = asyncio.ensure_future(self._list(cache_key))
             self._in_flight[cache_key] = listing
             listing.add_done_callback(lambda done: self._finished(cache_key, done))
         # Shielded: one reconcile cancelled (the operator stopping, a handler timeout) must not cancel
@@ -109,7 +109,8 @@ class NodeShapes:
         if not listing.cancelled():
             listing.exception()  # marks a failure as seen: its waiters (if any are left) raise it
 
-    async def _list(self, selector: str, resource_name: str) -> int | None:
+    async def _list(self, cache_key: tuple[str, str]) -> int | None:
+        selector, resource_name = cache_key
         try:
             nodes = await self.kube.list("Node", None, label_selector=selector)
         except ApiError as error:
@@ -121,7 +122,7 @@ class NodeShapes:
             self._forbidden = True
             return None
         largest = largest_node_gpus(nodes, resource_name)
-        self._seen[(selector, resource_name)] = (self.clock(), largest)
+        self._seen[cache_key] = (self.clock(), largest)
         return largest
 
 
