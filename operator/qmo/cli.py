@@ -1,4 +1,4 @@
-"""The ``qmo`` command line: ``qmo run | plan | quantize | crds | sandbox | version``.
+"""The ``qmo`` command line: ``qmo run | plan | quantize | serve | crds | sandbox | version``.
 
 Each subcommand lives in ``qmo.commands.<name>`` and is imported only when chosen: the planner must not
 pay for kopf, and the operator must never import the quantizer's torch stack.
@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "plan GPU memory for a model config and print the vLLM arguments"),
     "quantize": ("quantize", "quantize a model into the cache (runs inside the quantize Job)"),
     "crds": ("crds", "generate or check the CRD YAML from the API models"),
+    "engine": ("engine", "the local vLLM CPU engine: install | python | status"),
+    "serve": ("serve", "plan a local checkpoint and serve it with vLLM (the CPU engine without a GPU)"),
     "sandbox": ("sandbox", "a local control plane with fake GPU nodes: up | down | status | kubeconfig"),
 }
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from qmo.desired.serving import serving_args
 from qmo.reconcile.artifact import summary_fields
 from qmo.reconcile.jobs import job_seconds, job_state, termination_message
-from qmo.reconcile.model import deployment_rollout, serving_args
+from qmo.reconcile.model import deployment_rollout
 from qmo.reconcile.status import condition, merge_patch_for, status_write
 
 

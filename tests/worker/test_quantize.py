@@ -50,9 +50,10 @@ def outputs(
 
 
 @pytest.mark.parametrize(("method", "extra", "format_"), METHODS)
-def test_output_is_a_compressed_tensors_checkpoint_vllm_loads(
+def test_output_is_a_compressed_tensors_checkpoint(
     outputs: dict[str, tuple[Path, dict[str, Any]]], method: str, extra: dict[str, Any], format_: str
 ) -> None:
+    """The checkpoint's shape; tests/serving has real vLLM load and serve each method's output."""
     out, _ = outputs[method]
     config = json.loads((out / "config.json").read_text())
     quantization = config["quantization_config"]

@@ -15,6 +15,7 @@ from qmo.api.base import (
     SecretKeyReference,
     is_quantity,
 )
+from qmo.api.versions import DEFAULT_VLLM_IMAGE
 
 QuantizationMethod = Literal[
     "awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4", "bitsandbytes-nf4", "none", "prequantized"
@@ -23,7 +24,6 @@ QuantizationBackend = Literal["llm-compressor", "autoawq", "autogptq"]
 KvCacheDtype = Literal["auto", "fp8", "bfloat16", "float16"]
 Phase = Literal["Pending", "Planning", "Quantizing", "Deploying", "Ready", "Degraded", "Failed"]
 
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.25.1"
 DEFAULT_QUANTIZER_IMAGE = "ghcr.io/qmo-dev/quantizer:0.1.0"
 
 

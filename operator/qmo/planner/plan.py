@@ -72,6 +72,8 @@ class ServingPlan:
     budget_gib_per_gpu: float
     weights_gib_per_gpu: float
     kv_cache_gib_per_gpu: float
+    kv_cache_bytes_per_gpu: int
+    """The KV pool exactly (whole blocks): what ``--kv-cache-memory-bytes`` gives vLLM to allocate."""
     activation_gib_per_gpu: float
     non_torch_gib_per_gpu: float
     cudagraph_gib_per_gpu: float
@@ -274,6 +276,7 @@ def _to_plan(
         budget_gib_per_gpu=_gib(s.budget),
         weights_gib_per_gpu=_gib(s.weights),
         kv_cache_gib_per_gpu=_gib(s.kv_bytes),
+        kv_cache_bytes_per_gpu=s.kv_bytes,
         activation_gib_per_gpu=_gib(s.activation),
         non_torch_gib_per_gpu=_gib(s.non_torch),
         cudagraph_gib_per_gpu=_gib(s.cudagraph),

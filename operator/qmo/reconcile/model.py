@@ -37,9 +37,11 @@ from qmo.desired.serving import (
     build_serving_deployment,
     build_serving_service,
     endpoint_url,
+    plan_request,
     selector_labels,
+    serving_args,
 )
-from qmo.planner import PlanningError, PlanRequest, ServingPlan, plan, predict_checkpoint_bytes
+from qmo.planner import PlanningError, ServingPlan, plan, predict_checkpoint_bytes
 from qmo.reconcile.gpus import NodeShapes, ResolvedGPU, UnknownGPUClass, resolve_gpu
 from qmo.reconcile.jobs import job_state, termination_message, unschedulable_message
 from qmo.reconcile.kube import ApiError, Kube, label_selector
@@ -50,8 +52,6 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 HASH_ANNOTATION = "qmo.dev/desired-hash"
-# Methods the worker turns into a compressed-tensors checkpoint: vLLM reads the format from config.json.
-_WORKER_QUANTIZED = frozenset({"awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4"})
 
 
 @dataclass
@@ -110,23 +110,6 @@ def with_hash(manifest: Manifest) -> Manifest:
     return stamped
 
 
-def serving_args(plan_args: tuple[str, ...] | list[str], method: str) -> list[str]:
-    """vLLM arguments for the cached checkpoint: a worker-made checkpoint carries its own format."""
-    args = list(plan_args)
-    if method not in _WORKER_QUANTIZED:
-        return args
-    kept: list[str] = []
-    skip_value = False
-    for arg in args:
-        if skip_value:
-            skip_value = False
-        elif arg == "--quantization":
-            skip_value = True
-        elif not arg.startswith("--quantization="):
-            kept.append(arg)
-    return kept
-
-
 def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> PlanStatus:
     overhead = (
         serving_plan.activation_gib_per_gpu
@@ -148,26 +131,6 @@ def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> Pla
         max_concurrency=round(serving_plan.max_concurrency, 2),
         checkpoint_bytes=serving_plan.checkpoint_bytes,
         vllm_args=serving_args(serving_plan.vllm_args, method),
-    )
-
-
-def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
-    quantization = spec.quantization
-    serving = spec.serving
-    return PlanRequest(
-        quantization=quantization.method,
-        bits=quantization.effective_bits,
-        group_size=quantization.group_size,
-        symmetric=quantization.symmetric,
-        kv_cache_dtype=serving.kv_cache_dtype,
-        max_model_len=serving.max_model_len,
-        max_num_seqs=serving.max_num_seqs or max(serving.concurrency or 0, 256),
-        max_num_batched_tokens=serving.max_num_batched_tokens,
-        gpu_memory_utilization=serving.gpu_memory_utilization,
-        tensor_parallel_size=None
-        if serving.tensor_parallel_size == "auto"
-        else int(serving.tensor_parallel_size),
-        concurrency=serving.concurrency,
     )
 
 

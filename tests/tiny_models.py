@@ -1,0 +1,105 @@
+"""Tiny random Llama checkpoints with a tokenizer, made here with transformers (the hub is unreachable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "operator",
+    "plans",
+    "gpu",
+    "memory",
+    "model",
+    "kubernetes",
+    "schedules",
+    "pods",
+    "nodes",
+    "job",
+    "runs",
+    "pod",
+    "completion",
+    "records",
+    "result",
+    "quantization",
+    "stores",
+    "weights",
+    "fewer",
+    "bits",
+    "trading",
+    "little",
+    "accuracy",
+    "speed",
+    "humans",
+    "walked",
+    "moon",
+    "world",
+    "watched",
+    "television",
+    "central",
+    "bank",
+    "raised",
+    "interest",
+    "rates",
+    "slow",
+    "inflation",
+]
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
+
+
+def build_tokenizer(directory: Path) -> int:
+    """A word-level tokenizer over WORDS; returns its size (the model's vocab must match it exactly, or
+    vLLM decodes the ids the tokenizer lacks to empty strings)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    ).save_pretrained(directory)
+    return len(vocab)
+
+
+def build_tiny_llama(
+    directory: Path, *, seed: int = 0, vocab_size: int | None = None, initializer_range: float = 0.02
+) -> Path:
+    """Hidden 256 and intermediate 512: every Linear's input is a multiple of the 128 group size.
+
+    ``vocab_size=None`` sizes the vocabulary to the tokenizer. Serving tests use ``initializer_range``
+    around 0.1: at 0.02 a random model's next-token distribution is so flat that greedy decoding repeats.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = build_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size or tokens,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        initializer_range=initializer_range,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        torch_dtype="bfloat16",
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(directory)
+    return directory
