@@ -117,7 +117,7 @@ def measure(directory: Path, *, eager: bool, python: Path) -> tuple[float, int, 
         port=port,
         extra_args=["--enforce-eager"] if eager else [],
     )
-    server = EngineServer(command=command, host="127.0.0.1", port=port, python=python)
+    server = EngineServer(command=command, host="127.0.0.1", port=port, executable=python)
     with server:
         assert server.pid is not None
         rss = PeakRss(server.pid)

@@ -25,10 +25,27 @@ PROMPTS = (
 )
 CONTINUATION = 24
 WEIGHT_ONLY = ("gptq", "awq")
-NOISE_CEILING = 1.0
+# The tolerances, in mean nats per token along the source's greedy continuation (3 prompts x 24 tokens).
+# Measured on this tier's tiny model (vLLM 0.25.1 CPU, 2 cores): engine noise 0.015; gptq/awq served vs
+# transformers on the same artifact 0.013/0.016; served error vs source gptq 0.48, awq 0.60, w8a8 0.054,
+# fp8-dynamic 0.21; an unrelated model of the same shape 3.8.
+#
+# Engine noise: vLLM and transformers compute the same bf16 model with different kernels. bf16 keeps 8
+# significant bits, so each logit carries ~2^-9 relative rounding error; on logits of a few units that is
+# a few hundredths of a nat. Wrong weights, a wrong rope or a wrong tokenizer cost tenths to whole nats.
+NOISE_CEILING = 0.05
+# A weight-only artifact (int4 + scales + zero points) dequantizes exactly, so vLLM's quantized kernel may
+# differ from transformers' reading of the same file only by kernel arithmetic: twice the engine noise,
+# plus a floor for the rounding of the dequantized weights to bf16.
 KERNEL_FACTOR = 2.0
-KERNEL_SLACK = 0.02
-QUALITY_SHARE = {"gptq": 1.0, "awq": 1.0, "w8a8": 1.0, "fp8-dynamic": 1.0}
+KERNEL_SLACK = 0.01
+# transformers decompresses w8a8 and fp8-dynamic to 16-bit weights but does not quantize activations,
+# which vLLM does per token at run time: that error is vLLM's alone. Int8 per token rounds to 2^-8 of the
+# row's range, fp8 e4m3 to 2^-4 of each value; measured -0.002 and +0.006 nats; allowed ~5-8x that.
+ACTIVATION_ALLOWANCE = {"gptq": 0.0, "awq": 0.0, "w8a8": 0.02, "fp8-dynamic": 0.05}
+# Whatever the method, the served model must stay far closer to its source than an unrelated model of
+# the same architecture is (4-bit random weights, the hardest case, measured at about 1/7 of that).
+UNRELATED_SHARE = 0.25
 
 
 @dataclass
@@ -209,14 +226,16 @@ def test_weight_only_artifacts_are_served_exactly_as_written(
 def test_quantized_logprobs_track_the_source(
     measured: dict[str, Measured], reference: dict[str, list[list[float]]], method: str
 ) -> None:
+    """The served error is the checkpoint's own (as transformers measures it), and small beside the
+    difference between two unrelated models."""
+    noise = engine_noise(measured, reference)
     served_error = mean_gap(measured[method].scored, measured["source"].scored)
-    unrelated = mean_gap(reference["unrelated"], reference["source"])
     checkpoint_error = mean_gap(reference[method], reference["source"])
+    unrelated = mean_gap(reference["unrelated"], reference["source"])
     print(
         f"{method}: served {served_error:.4f}, checkpoint (transformers) {checkpoint_error:.4f}, "
         f"unrelated model {unrelated:.4f} nats/token"
     )
-    assert served_error < QUALITY_SHARE[method] * unrelated
-    if method in WEIGHT_ONLY:
-        noise = engine_noise(measured, reference)
-        assert served_error <= checkpoint_error + KERNEL_FACTOR * noise + KERNEL_SLACK
+    allowed = checkpoint_error + KERNEL_FACTOR * noise + KERNEL_SLACK + ACTIVATION_ALLOWANCE[method]
+    assert served_error <= allowed
+    assert served_error < UNRELATED_SHARE * unrelated

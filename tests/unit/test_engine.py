@@ -212,3 +212,30 @@ def test_a_deep_tmpdir_falls_back_to_tmp_so_vllms_sockets_fit() -> None:
     assert private_tmp_base(deep) == "/tmp"
     worst = private_tmp_base(deep) + "/qmo-vllm-abcdefgh/" + "0" * 36
     assert len(worst) <= 107
+
+
+def test_on_a_gpu_machine_serve_runs_the_deployments_own_vllm_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "llama"
+    directory.mkdir()
+    config = json.loads((REPO / "tests/unit/configs/llama-3.1-8b.json").read_text())
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "tokenizer.json").write_text("{}")
+    args = ["--max-model-len", "8192", "--max-num-seqs", "64"]
+    assert (
+        main(["serve", str(directory), "--engine", "gpu", "--gpu-class", "l40s", *args, "--print-args"]) == 0
+    )
+    words = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["plan", "--config", str(directory), "--gpu-class", "l40s", *args, "--output", "json"]) == 0
+    planned = json.loads(capsys.readouterr().out)["vllm_args"]
+    serve = words.index("serve")
+    assert words[serve - 1].endswith("vllm")
+    assert words[serve + 1 :] == vllm_serve_args(
+        model_path=str(directory.resolve()),
+        served_model_name="llama",
+        host="127.0.0.1",
+        port=8000,
+        plan_args=planned,
+        extra_args=[],
+    )

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from qmo.commands.plan import _positive_float, _positive_int, render_table
-from qmo.desired.serving import EngineCommand, cpu_engine_command, serving_args, vllm_serve_args
+from qmo.desired.serving import VLLM_ENV, EngineCommand, cpu_engine_command, serving_args, vllm_serve_args
 from qmo.planner import GPUSpec, PlanningError, PlanRequest, ServingPlan, gpu_by_name, plan
 
 # Files any one of which lets vLLM build the tokenizer (fast, sentencepiece, BPE, tiktoken).
@@ -32,6 +32,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 MANIFEST = "qmo-manifest.json"
 # The planner's device on CPU: weights, overheads and the KV pool must fit this much host memory.
 DEFAULT_CPU_MEMORY_GIB = 4.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class ServeError(Exception):
@@ -204,20 +205,28 @@ def engine_command(
         plan_args=plan_args,
         extra_args=extra,
     )
-    # On a GPU machine vLLM's own `vllm serve` (the Deployment's command) runs as installed.
-    return EngineCommand(args=("-m", "vllm.entrypoints.cli.main", "serve", *serve), env=(), unset_env=())
+    # On a GPU machine vLLM's own `vllm serve` runs as installed: the Deployment's command, word for word.
+    return EngineCommand(args=("serve", *serve), env=VLLM_ENV, unset_env=())
 
 
-def shell_line(python: str, command: EngineCommand) -> str:
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in command.env)
-    unset = " ".join(f"-u {k}" for k in command.unset_env)
-    prefix = f"env {unset} {env} ".replace("  ", " ") if env or unset else ""
-    return prefix + shlex.join([python, *command.args])
+def gpu_vllm() -> Path:
+    from qmo.engine.server import EngineError
+
+    found = shutil.which("vllm")
+    if found is None:
+        raise EngineError("--engine gpu runs `vllm serve`, and no `vllm` is on PATH")
+    return Path(found)
+
+
+def shell_line(executable: str, command: EngineCommand) -> str:
+    words = [*(f"-u {k}" for k in command.unset_env), *(f"{k}={shlex.quote(v)}" for k, v in command.env)]
+    prefix = f"env {' '.join(words)} " if words else ""
+    return prefix + shlex.join([executable, *command.args])
 
 
 def run(args: argparse.Namespace) -> int:
     from qmo.engine.install import EnginePaths
-    from qmo.engine.server import EngineError, EngineServer, engine_python, free_port, port_in_use
+    from qmo.engine.server import EngineError, EngineServer, engine_python, free_port
 
     try:
         model = read_model(args.model_dir, args.tokenizer)
@@ -250,48 +259,48 @@ def run(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
     )
     try:
-        python = engine_python() if engine == "cpu" else Path(sys.executable)
+        executable = engine_python() if engine == "cpu" else gpu_vllm()
     except EngineError as error:
         if not args.print_args:
             print(f"qmo serve: error: {error}", file=sys.stderr)
             return 1
-        python = EnginePaths.default().python  # where `make vllm` will put it
+        # Where `make vllm` will put it, or the script a GPU machine's vLLM install provides.
+        executable = EnginePaths.default().python if engine == "cpu" else Path("vllm")
     if args.print_args:
-        print(shell_line(str(python), command))
+        print(shell_line(str(executable), command))
         return 0
-    if port_in_use(args.host, args.port):
-        print(
-            f"qmo serve: error: port {args.port} on {args.host} is in use; choose another with --port",
-            file=sys.stderr,
-        )
-        return 2
 
-    stopping: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signum)
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        # One stop at a time: a second Ctrl-C must not interrupt the cleanup (stop() escalates to SIGKILL).
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    server = EngineServer(command=command, host=args.host, port=args.port, python=python)
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    server = EngineServer(command=command, host=args.host, port=args.port, executable=executable)
     try:
-        with server:
-            print(
-                f"starting vLLM ({engine} engine, pid {server.pid}) for {name}: {describe_method(model)}",
-                flush=True,
-            )
-            try:
-                seconds = server.wait_healthy(timeout=args.startup_timeout)
-            except EngineError as error:
-                print(f"qmo serve: error: {describe_method(model)} at {model.path}: {error}", file=sys.stderr)
-                return 1
-            print(f"serving {name} at {server.url} (healthy after {seconds:.0f} s)", flush=True)
-            code = server.wait()
-            print(f"qmo serve: vLLM exited with status {code}: {server.log_tail(3)}", file=sys.stderr)
+        try:
+            server.start()
+        except EngineError as error:  # e.g. the port is taken
+            print(f"qmo serve: error: {error}", file=sys.stderr)
+            return 2
+        print(
+            f"starting vLLM ({engine} engine, pid {server.pid}) for {name}: {describe_method(model)}",
+            flush=True,
+        )
+        try:
+            seconds = server.wait_healthy(timeout=args.startup_timeout)
+        except EngineError as error:
+            print(f"qmo serve: error: {describe_method(model)} at {model.path}: {error}", file=sys.stderr)
             return 1
+        print(f"serving {name} at {server.url} (healthy after {seconds:.0f} s)", flush=True)
+        code = server.wait()
+        print(f"qmo serve: vLLM exited with status {code}: {server.log_tail(3)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("qmo serve: stopping vLLM", file=sys.stderr, flush=True)
         return 0
     finally:
+        server.stop()  # whatever happened above, even mid-start: the whole process group goes
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -128,7 +128,7 @@ CPU_ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
 
 @dataclass(frozen=True)
 class EngineCommand:
-    """How to start vLLM: ``python <args>`` with ``env`` added and ``unset_env`` removed."""
+    """How to start vLLM: ``<executable> <args>`` with ``env`` added and ``unset_env`` removed."""
 
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...]

@@ -112,7 +112,8 @@ class EngineServer:
     command: EngineCommand
     host: str
     port: int
-    python: Path
+    executable: Path
+    """The engine's interpreter (CPU engine) or vLLM's own ``vllm`` script (a GPU machine)."""
     log_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _tmpdir: Path | None = field(default=None, init=False)
@@ -128,7 +129,7 @@ class EngineServer:
         return self._process.pid if self._process else None
 
     def argv(self) -> list[str]:
-        return [str(self.python), *self.command.args]
+        return [str(self.executable), *self.command.args]
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in self.command.unset_env}
