@@ -181,7 +181,11 @@ def assert_no_permission_trouble(operator: OperatorProcess) -> None:
     # Not a bare "403": log timestamps have milliseconds (",403").
     for refusal in ("403 Forbidden", "status=403", "Forbidden", "forbidden", "Not enough permissions"):
         assert refusal not in log, f"the operator was refused something ({refusal!r}):\n{operator.log_tail()}"
-    assert operator.metric_value("qmo_reconcile_errors_total") == 0, operator.log_tail()
+    errors = [
+        line for line in operator.metrics().splitlines() if line.startswith("qmo_reconcile_errors_total{")
+    ]
+    # The labelled lines name the kind and the exception, which the log tail alone did not (a rare flake).
+    assert operator.metric_value("qmo_reconcile_errors_total") == 0, "\n".join([*errors, operator.log_tail()])
     assert operator.metric_value("qmo_api_requests_total", verb="POST") > 0
     assert operator.metric_value("qmo_reconcile_duration_seconds_count", kind="QuantizedModel") > 0
 
