@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from qmo.commands.serve import cpu_device, engine_command, make_plan, read_model
 from qmo.engine.server import EngineServer, engine_python, free_port
-from tiny_models import build_tiny_llama
+from tiny_models import build_tiny_llama, quantize_with_qmo
 
 METHODS = ("none", "gptq", "awq", "w8a8", "fp8-dynamic")
 PROMPT = "the quick brown fox jumps over the lazy dog"
@@ -78,30 +77,7 @@ def decode_tokens_per_second(url: str, name: str) -> float:
 
 
 def quantized(source: Path, method: str, work: Path) -> Path:
-    if method == "none":
-        return source
-    out = work / f"tiny-{method}"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qmo",
-            "quantize",
-            "--method",
-            method,
-            "--source",
-            str(source),
-            "--out",
-            str(out),
-            "--calibration-samples",
-            "8",
-            "--calibration-seq-len",
-            "32",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    return source if method == "none" else quantize_with_qmo(source, method, work / f"tiny-{method}")
 
 
 def measure(directory: Path, *, eager: bool, python: Path) -> tuple[float, int, float]:

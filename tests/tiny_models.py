@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 WORDS = [
@@ -103,3 +105,32 @@ def build_tiny_llama(
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(directory)
     return directory
+
+
+def quantize_with_qmo(source: Path, method: str, out: Path) -> Path:
+    """``qmo quantize`` as the Job runs it (a subprocess, its CLI flags), with a small calibration set."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qmo",
+            "quantize",
+            "--method",
+            method,
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--calibration-samples",
+            "8",
+            "--calibration-seq-len",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"qmo quantize --method {method} failed:\n{result.stderr[-3000:]}")
+    return out

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tiny_models import build_tiny_llama
+from tiny_models import build_tiny_llama, quantize_with_qmo
 
 # Methods the CPU engine serves: llm-compressor's outputs (CPU WNA16 for gptq/awq, int8 scaled-mm for w8a8).
 QUANTIZED_METHODS = ("gptq", "awq", "w8a8", "fp8-dynamic")
@@ -53,38 +53,10 @@ def tiny_source(serving_tmp: Path) -> Path:
     return build_tiny_llama(serving_tmp / "tiny-llama", initializer_range=0.1)
 
 
-def quantize(source: Path, method: str, out: Path) -> Path:
-    """``qmo quantize`` as the Job runs it (a subprocess, its CLI flags)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qmo",
-            "quantize",
-            "--method",
-            method,
-            "--source",
-            str(source),
-            "--out",
-            str(out),
-            "--calibration-samples",
-            "8",
-            "--calibration-seq-len",
-            "32",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
 @pytest.fixture(scope="session")
 def artifacts(tiny_source: Path, serving_tmp: Path) -> dict[str, Path]:
     return {
-        method: quantize(tiny_source, method, serving_tmp / f"tiny-llama-{method}")
+        method: quantize_with_qmo(tiny_source, method, serving_tmp / f"tiny-llama-{method}")
         for method in QUANTIZED_METHODS
     }
 

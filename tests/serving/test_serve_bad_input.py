@@ -14,7 +14,7 @@ import pytest
 from conftest import snapshot
 
 
-def qmo_serve(*args: str, tmp: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+def run_qmo_serve(*args: str, tmp: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "qmo", "serve", *args],
         capture_output=True,
@@ -35,7 +35,7 @@ def test_an_artifact_vllm_cannot_load_fails_with_vllms_reason_and_the_method(
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     before = snapshot(broken)
-    result = qmo_serve(
+    result = run_qmo_serve(
         str(broken),
         "--port",
         "0",
@@ -63,7 +63,7 @@ def test_a_port_in_use_is_a_clear_error_before_vllm_starts(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = qmo_serve(str(tiny_source), "--port", str(port), tmp=tmp_path, timeout=120)
+        result = run_qmo_serve(str(tiny_source), "--port", str(port), tmp=tmp_path, timeout=120)
     assert result.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
 
@@ -71,6 +71,6 @@ def test_a_port_in_use_is_a_clear_error_before_vllm_starts(
 def test_a_model_without_a_tokenizer_is_refused_before_vllm_starts(tiny_source: Path, tmp_path: Path) -> None:
     bare = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_source, bare, ignore=shutil.ignore_patterns("tokenizer*"))
-    result = qmo_serve(str(bare), "--port", "0", tmp=tmp_path, timeout=120)
+    result = run_qmo_serve(str(bare), "--port", "0", tmp=tmp_path, timeout=120)
     assert result.returncode == 2
     assert "has no tokenizer" in result.stderr and "--tokenizer DIR" in result.stderr

@@ -150,6 +150,10 @@ def test_bad_model_dirs_are_usage_errors_naming_the_file(
     (broken / "config.json").write_text("{nope")
     assert main(["serve", str(broken)]) == 2
     assert "config.json is not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(broken), "--port", "70000"])
+    assert exit_info.value.code == 2
+    assert "--port: expected a port number 0-65535, got '70000'" in capsys.readouterr().err
 
 
 def test_print_args_shows_the_plan_and_the_exact_command(

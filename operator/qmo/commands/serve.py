@@ -39,12 +39,22 @@ class ServeError(Exception):
     """Bad input found before vLLM starts: the message names the flag or file."""
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value!r}")
+    return port
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model_dir", type=Path, metavar="MODEL_DIR", help="a checkpoint: config.json, weights, tokenizer"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks a free one)")
+    parser.add_argument("--port", type=_port, default=8000, help="port to listen on (0 picks a free one)")
     parser.add_argument("--name", help="served model name (default: the directory's name)")
     parser.add_argument(
         "--tokenizer", type=Path, help="a directory with the tokenizer, if MODEL_DIR has none"

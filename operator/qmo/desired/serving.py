@@ -66,21 +66,25 @@ def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
     )
 
 
-def serving_args(plan_args: Sequence[str], method: str) -> list[str]:
-    """vLLM arguments for the cached checkpoint: a worker-made checkpoint carries its own format."""
-    args = list(plan_args)
-    if method not in WORKER_QUANTIZED:
-        return args
+def without_flag(args: Sequence[str], flag: str) -> list[str]:
+    """``args`` without ``flag``, whether spelt ``--flag=value`` or ``--flag value``."""
     kept: list[str] = []
     skip_value = False
     for arg in args:
         if skip_value:
             skip_value = False
-        elif arg == "--quantization":
+        elif arg == flag:
             skip_value = True
-        elif not arg.startswith("--quantization="):
+        elif not arg.startswith(f"{flag}="):
             kept.append(arg)
     return kept
+
+
+def serving_args(plan_args: Sequence[str], method: str) -> list[str]:
+    """vLLM arguments for the cached checkpoint: a worker-made checkpoint carries its own format."""
+    if method not in WORKER_QUANTIZED:
+        return list(plan_args)
+    return without_flag(plan_args, "--quantization")
 
 
 def vllm_serve_args(
@@ -156,16 +160,10 @@ def cpu_engine_command(
     - block size: the planned 16 is kept so the blocks match the plan; 0.25.1 accepts it with a performance
       warning (it prefers multiples of 32; from 0.32 CPU refuses 16).
     """
-    adapted: list[str] = []
-    skip_value = False
-    for arg in plan_args:
-        if skip_value:
-            skip_value = False
-        elif arg == "--gpu-memory-utilization":
-            skip_value = True
-        elif not arg.startswith("--gpu-memory-utilization="):
-            adapted.append(arg)
-    adapted.append(f"--kv-cache-memory-bytes={kv_cache_bytes}")
+    adapted = [
+        *without_flag(plan_args, "--gpu-memory-utilization"),
+        f"--kv-cache-memory-bytes={kv_cache_bytes}",
+    ]
     serve = vllm_serve_args(
         model_path=model_path,
         served_model_name=served_model_name,
