@@ -422,12 +422,24 @@ def test_a_claim_in_another_namespace_cannot_be_used(k: Kube) -> None:
     assert k.list("jobs") == []
 
 
-def test_the_workers_summary_lands_in_the_artifact_status(k: Kube) -> None:
+def test_the_workers_summary_lands_in_the_artifact_status(
+    k: Kube, cluster: SessionCluster, operator: OperatorProcess
+) -> None:
+    quality = {
+        "dataset": "qmo-builtin-english",
+        "tokens": 2044,
+        "source_perplexity": 7.912,
+        "quantized_perplexity": 8.105,
+        "perplexity_increase_percent": 2.439,
+        "kl_mean": 0.021,
+        "top1_agreement": 0.9312,
+    }
     summary = {
         "size_bytes": 5_727_858_176,
         "manifest_sha256": "c" * 64,
         "durations": {"total": 812.4},
         "validation": {"top1_agreement": 0.97, "mean_abs_logit_error": 0.031},
+        "quality": quality,
         "versions": {"llmcompressor": "0.14.0.1", "torch": "2.14.0"},
     }
     k.apply(
@@ -446,6 +458,16 @@ def test_the_workers_summary_lands_in_the_artifact_status(k: Kube) -> None:
     assert status["quantizeSeconds"] == 812.4
     assert status["validation"]["top1_agreement"] == 0.97
     assert status["versions"]["llmcompressor"] == "0.14.0.1"
+    assert status["quality"]["perplexityIncreasePercent"] == 2.439
+    assert status["quality"]["klMean"] == 0.021
+    assert status["quality"]["top1Agreement"] == 0.9312
+    table = cluster.kubectl("get", "ma", artifact["metadata"]["name"], "-n", k.namespace).stdout
+    header, row = table.strip().splitlines()
+    assert "PPL+%" in header.split() and "TOP1" in header.split()
+    assert "2.439" in row.split() and "0.9312" in row.split()
+    labels = {"artifact": artifact["metadata"]["name"], "namespace": k.namespace}
+    assert operator.metric_value("qmo_artifact_quality", measure="top1_agreement", **labels) == 0.9312
+    assert operator.metric_value("qmo_artifact_quality", measure="kl_mean", **labels) == 0.021
 
 
 def test_every_pod_qmo_creates_passes_the_restricted_pod_security_level(

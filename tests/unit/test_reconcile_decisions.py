@@ -139,3 +139,27 @@ def test_summary_fields_take_what_is_well_formed_and_ignore_the_rest() -> None:
 def test_status_writes_are_bound_to_the_resource_version_they_were_computed_from() -> None:
     meta = {"name": "m", "resourceVersion": "41"}
     assert status_write(meta, {"users": 3}) == {"metadata": {"resourceVersion": "41"}, "status": {"users": 3}}
+
+
+def test_the_workers_quality_figures_reach_the_artifact_status_in_camel_case() -> None:
+    quality = {
+        "dataset": "qmo-builtin-english",
+        "tokens": 1559,
+        "source_perplexity": 303.8,
+        "quantized_perplexity": 309.88,
+        "perplexity_increase_percent": 2.001,
+        "kl_mean": 0.006379,
+        "top1_agreement": 0.83,
+    }
+    assert summary_fields(json.dumps({"quality": quality}))["quality"] == {
+        "dataset": "qmo-builtin-english",
+        "tokens": 1559,
+        "sourcePerplexity": 303.8,
+        "quantizedPerplexity": 309.88,
+        "perplexityIncreasePercent": 2.001,
+        "klMean": 0.006379,
+        "top1Agreement": 0.83,
+    }
+    # A figure out of range or missing (another worker version) leaves quality out, not the whole status.
+    damaged = summary_fields(json.dumps({"size_bytes": 1, "quality": {**quality, "top1_agreement": 7}}))
+    assert damaged == {"sizeBytes": 1}

@@ -179,3 +179,67 @@ def test_unsupported_combinations_fail_at_once_with_the_flag(tmp_path: Path) -> 
     assert legacy.returncode == 2
     assert "quantizer-legacy" in legacy.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+QUALITY_KEYS = {
+    "dataset",
+    "tokens",
+    "source_perplexity",
+    "quantized_perplexity",
+    "perplexity_increase_percent",
+    "kl_mean",
+    "top1_agreement",
+}
+
+
+@pytest.mark.parametrize(("method", "extra", "format_"), METHODS)
+def test_quality_is_measured_against_the_source_and_reported(
+    outputs: dict[str, tuple[Path, dict[str, Any]]], method: str, extra: dict[str, Any], format_: str
+) -> None:
+    out, summary = outputs[method]
+    quality = json.loads((out / "quality.json").read_text())
+    assert set(quality) == QUALITY_KEYS
+    assert quality["dataset"] == "qmo-builtin-english"
+    assert quality["tokens"] > 1000
+    assert quality["source_perplexity"] > 1 and quality["quantized_perplexity"] > 1
+    expected = (quality["quantized_perplexity"] / quality["source_perplexity"] - 1) * 100
+    assert quality["perplexity_increase_percent"] == pytest.approx(expected, abs=0.01)
+    assert quality["kl_mean"] >= 0 and 0 <= quality["top1_agreement"] <= 1
+    assert summary["quality"] == quality
+    assert "quality.json" in {entry["path"] for entry in json.loads((out / MANIFEST).read_text())["files"]}
+
+
+def test_the_same_pair_gives_the_same_figures_from_qmo_eval(
+    tiny_llama: Path, outputs: dict[str, tuple[Path, dict[str, Any]]]
+) -> None:
+    for method in ("gptq", "w8a8"):
+        out, _ = outputs[method]
+        result = subprocess.run(
+            [sys.executable, "-m", "qmo", "eval", str(tiny_llama), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        assert json.loads(result.stdout) == json.loads((out / "quality.json").read_text())
+
+
+def test_the_figures_tell_an_unrelated_model_apart(
+    tiny_llama: Path, outputs: dict[str, tuple[Path, dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The measure can fail: a different model of the same shape is far from the source on every figure."""
+    from qmo.quantizer.evaluate import evaluate
+    from tiny_models import build_tiny_llama
+
+    unrelated = evaluate(tiny_llama, build_tiny_llama(tmp_path / "other", seed=1, vocab_size=128))
+    for method in ("gptq", "w8a8"):
+        quality = json.loads((outputs[method][0] / "quality.json").read_text())
+        assert unrelated.kl_mean > 10 * quality["kl_mean"]
+        assert unrelated.top1_agreement < quality["top1_agreement"]
+
+
+def test_no_eval_writes_no_quality(tiny_llama: Path, tmp_path: Path) -> None:
+    recipe = Recipe(method="w8a8", calibration_samples=8, calibration_seq_len=32)
+    summary = run(Options(recipe=recipe, out=tmp_path / "artifact", source=tiny_llama, evaluate=False))
+    assert summary["quality"] is None
+    assert not (tmp_path / "artifact" / "quality.json").exists()

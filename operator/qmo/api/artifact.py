@@ -68,6 +68,25 @@ class ModelArtifactSpec(ApiModel):
     """The quantize Job's placement and limits."""
 
 
+class ArtifactQuality(ApiModel):
+    """The quantized checkpoint against its source on an evaluation text (the worker's quality.json)."""
+
+    dataset: str
+    """The evaluation text: qmo-builtin-english (public-domain English shipped with qmo) or the user's."""
+    tokens: int = Field(ge=0)
+    """Next-token predictions scored."""
+    source_perplexity: float
+    """Perplexity of the source over those tokens."""
+    quantized_perplexity: float
+    """Perplexity of the quantized checkpoint over the same tokens."""
+    perplexity_increase_percent: float
+    """(quantized / source - 1) x 100."""
+    kl_mean: float
+    """Mean per-token KL(source || quantized) over the whole vocabulary, in nats."""
+    top1_agreement: float = Field(ge=0, le=1)
+    """Share of tokens where both models rank the same next token first."""
+
+
 class ModelArtifactStatus(ApiModel):
     """What the quantize Job produced."""
 
@@ -91,6 +110,8 @@ class ModelArtifactStatus(ApiModel):
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """Logit comparison against the source (error figures) from the worker's summary."""
+    quality: ArtifactQuality | None = None
+    """Perplexity, KL divergence and top-1 agreement against the source (absent with --no-eval)."""
     versions: dict[str, str] | None = None
     """Library versions the worker used."""
     users: int = 0

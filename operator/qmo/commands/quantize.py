@@ -50,6 +50,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-samples", type=int, default=256)
     parser.add_argument("--calibration-seq-len", type=int, default=2048)
     parser.add_argument("--termination-log", type=Path, default=None, help="where the JSON summary goes")
+    add_evaluation_arguments(parser)
+    parser.add_argument(
+        "--no-eval", dest="evaluate", action="store_false", help="skip the quality evaluation (quality.json)"
+    )
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation text and budget: shared by ``qmo quantize`` and ``qmo eval``."""
+    text = parser.add_mutually_exclusive_group()
+    text.add_argument(
+        "--eval-dir", type=Path, help="evaluate on the text files in this directory (a ConfigMap)"
+    )
+    text.add_argument("--eval-jsonl", type=Path, help='evaluate on a JSONL file of {"text": ...} lines')
+    parser.add_argument(
+        "--eval-tokens", type=int, default=2048, help="tokens of evaluation text to score (default 2048)"
+    )
+
+
+def evaluation_texts(args: argparse.Namespace) -> tuple[list[str] | None, str | None]:
+    """(texts, dataset name) from --eval-dir/--eval-jsonl; (None, None) means the built-in corpus."""
+    if args.eval_dir is not None:
+        files = sorted(p for p in args.eval_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        return [p.read_text() for p in files], f"dir:{args.eval_dir.name}"
+    if args.eval_jsonl is not None:
+        texts = [
+            str(json.loads(line)["text"]) for line in args.eval_jsonl.read_text().splitlines() if line.strip()
+        ]
+        return texts, f"jsonl:{args.eval_jsonl.name}"
+    return None, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         calibration_jsonl=args.calibration_jsonl,
         calibration_dataset=args.calibration_dataset,
         termination_log=args.termination_log,
+        evaluate=args.evaluate,
+        eval_tokens=args.eval_tokens,
     )
+    options.eval_texts, options.eval_dataset = evaluation_texts(args)
     try:
         validate(recipe)
         summary = run_worker(options)

@@ -27,6 +27,12 @@ GROUP = "qmo.dev"
 MANAGED = {"app.kubernetes.io/managed-by": "qmo"}
 # A reconcile whose status write met a newer object is repeated on a fresh read this many times in all.
 CONFLICT_ATTEMPTS = 3
+# Each artifact quality figure, as the qmo_artifact_quality gauge labels it and status.quality spells it.
+QUALITY_MEASURES = {
+    "perplexity_increase_percent": "perplexityIncreasePercent",
+    "kl_mean": "klMean",
+    "top1_agreement": "top1Agreement",
+}
 GONE = "Gone"  # the outcome of a reconcile whose object went away meanwhile: nothing to report
 
 
@@ -185,6 +191,12 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
                 rt.metrics.quantize_seconds.labels(method).observe(patch["quantizeSeconds"])
             if isinstance(patch.get("sizeBytes"), int):
                 rt.metrics.artifact_bytes.labels(meta["namespace"], meta["name"]).set(patch["sizeBytes"])
+            quality = patch.get("quality") or {}
+            for measure, key in QUALITY_MEASURES.items():
+                if isinstance(quality.get(key), int | float):
+                    rt.metrics.artifact_quality.labels(meta["namespace"], meta["name"], measure).set(
+                        quality[key]
+                    )
 
     # QuantizedModel: on every spec change, on operator start, and on a resync timer as a safety net.
     @kopf.on.resume(GROUP, "quantizedmodels", id="reconcile-model", registry=registry)

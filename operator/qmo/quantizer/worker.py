@@ -54,6 +54,12 @@ class Options:
     calibration_dataset: str | None = None
     termination_log: Path | None = None
     validation_prompts: int = 3
+    evaluate: bool = True
+    """Measure quality.json against the source (perplexity, KL, top-1) after quantizing."""
+    eval_texts: list[str] | None = None
+    """The evaluation text; None is the built-in public-domain corpus."""
+    eval_dataset: str | None = None
+    eval_tokens: int = 2048
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -226,7 +232,22 @@ def quantize_into(source: Path, partial: Path, options: Options) -> dict[str, An
         model.save_pretrained(partial, save_compressed=True)
         tokenizer.save_pretrained(partial)
     with _Timer(options.timings, "validate"):
-        return validate_logits(source, partial, tokenizer, options)
+        validation = validate_logits(source, partial, tokenizer, options)
+    del model  # the evaluation loads each model on its own; never two beside the one being quantized
+    if options.evaluate:
+        from qmo.quantizer.evaluate import BUILTIN_DATASET, evaluate, write_quality
+
+        with _Timer(options.timings, "evaluate"):
+            quality = evaluate(
+                source,
+                partial,
+                texts=options.eval_texts,
+                dataset=options.eval_dataset or BUILTIN_DATASET,
+                budget=options.eval_tokens,
+            )
+        write_quality(partial, quality)
+        log.info("quality: %s", json.dumps(quality.as_dict(), sort_keys=True))
+    return validation
 
 
 def validate_logits(source: Path, result: Path, tokenizer: Any, options: Options) -> dict[str, Any]:
@@ -289,6 +310,16 @@ def write_manifest(directory: Path, options: Options, validation: dict[str, Any]
     return manifest
 
 
+def quality_of(directory: Path) -> dict[str, Any] | None:
+    from qmo.quantizer.evaluate import QUALITY_FILE
+
+    try:
+        quality: dict[str, Any] = json.loads((directory / QUALITY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return quality
+
+
 def summary_of(directory: Path, manifest: dict[str, Any], *, reused: bool) -> dict[str, Any]:
     return {
         "key": manifest.get("key"),
@@ -297,6 +328,7 @@ def summary_of(directory: Path, manifest: dict[str, Any], *, reused: bool) -> di
         "manifest_sha256": sha256_of(directory / MANIFEST),
         "durations": {**manifest.get("timings", {}), "total": sum(manifest.get("timings", {}).values())},
         "validation": manifest.get("validation"),
+        "quality": quality_of(directory),
         "versions": manifest.get("versions"),
         "reused": reused,
     }
@@ -307,7 +339,8 @@ def write_termination(options: Options, summary: dict[str, Any]) -> None:
         return
     text = json.dumps(summary, separators=(",", ":"))
     if len(text.encode()) > TERMINATION_LIMIT:
-        summary = {k: summary[k] for k in ("key", "method", "size_bytes", "manifest_sha256", "durations")}
+        kept = ("key", "method", "size_bytes", "manifest_sha256", "durations", "quality")
+        summary = {k: summary[k] for k in kept if k in summary}
         text = json.dumps(summary, separators=(",", ":"))[:TERMINATION_LIMIT]
     try:
         options.termination_log.write_text(text)

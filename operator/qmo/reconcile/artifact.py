@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -9,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qmo.api.artifact import ModelArtifactSpec
+from qmo.api.artifact import ArtifactQuality, ModelArtifactSpec
 from qmo.api.base import API_VERSION
 from qmo.desired.artifact import build_evict_job, build_quantize_job
 from qmo.desired.common import Owner
@@ -49,6 +50,10 @@ def summary_fields(message: str | None) -> dict[str, Any]:
         fields["validation"] = summary["validation"]
     if isinstance(summary.get("versions"), dict):
         fields["versions"] = {str(k): str(v) for k, v in summary["versions"].items()}
+    if isinstance(summary.get("quality"), dict):
+        # A worker of another version may spell it differently: the rest of the summary still counts.
+        with contextlib.suppress(ValidationError):
+            fields["quality"] = ArtifactQuality.model_validate(summary["quality"]).to_wire()
     return fields
 
 

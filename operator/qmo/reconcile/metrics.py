@@ -55,6 +55,13 @@ class Metrics:
             ["namespace", "artifact"],
             registry=registry,
         )
+        self.artifact_quality = Gauge(
+            "qmo_artifact_quality",
+            "Quality of a ready artifact against its source: perplexity_increase_percent, kl_mean, "
+            "top1_agreement",
+            ["namespace", "artifact", "measure"],
+            registry=registry,
+        )
         self.quantize_seconds = Histogram(
             "qmo_quantize_duration_seconds",
             "Wall time of quantize Jobs that completed",
