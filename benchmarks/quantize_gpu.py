@@ -16,6 +16,7 @@ from pathlib import Path
 
 SHAPES = {
     # name: (hidden, intermediate, layers, heads, kv heads, vocab) -- Llama 3.2 1B and Llama 3.1 8B shapes
+    "0.1b": (768, 2048, 8, 12, 4, 32000),
     "1b": (2048, 8192, 16, 32, 8, 128256),
     "8b": (4096, 14336, 32, 32, 8, 128256),
     "tiny": (256, 512, 2, 4, 2, 128),

@@ -124,6 +124,15 @@ def model_dir(tmp_path: Path, *, tokenizer: bool = True) -> Path:
     return directory
 
 
+def llama_dir(tmp_path: Path) -> Path:
+    """A checkpoint directory as qmo serve reads it: Llama 3.1 8B's public config.json and a tokenizer."""
+    directory = tmp_path / "llama"
+    directory.mkdir()
+    (directory / "config.json").write_text((REPO / "tests/unit/configs/llama-3.1-8b.json").read_text())
+    (directory / "tokenizer.json").write_text("{}")
+    return directory
+
+
 def test_a_model_without_a_tokenizer_is_refused_before_vllm_starts(tmp_path: Path) -> None:
     directory = model_dir(tmp_path, tokenizer=False)
     with pytest.raises(ServeError, match=r"no tokenizer .*tokenizer\.json.*--tokenizer DIR"):
@@ -159,11 +168,7 @@ def test_bad_model_dirs_are_usage_errors_naming_the_file(
 def test_print_args_shows_the_plan_and_the_exact_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    directory = tmp_path / "llama"
-    directory.mkdir()
-    config = json.loads((REPO / "tests/unit/configs/llama-3.1-8b.json").read_text())
-    (directory / "config.json").write_text(json.dumps(config))
-    (directory / "tokenizer.json").write_text("{}")
+    directory = llama_dir(tmp_path)
     code = main(
         [
             "serve",
@@ -194,10 +199,7 @@ def test_print_args_shows_the_plan_and_the_exact_command(
 def test_a_plan_that_does_not_fit_stops_before_vllm(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    directory = tmp_path / "llama"
-    directory.mkdir()
-    (directory / "config.json").write_text((REPO / "tests/unit/configs/llama-3.1-8b.json").read_text())
-    (directory / "tokenizer.json").write_text("{}")
+    directory = llama_dir(tmp_path)
     assert main(["serve", str(directory), "--engine", "cpu", "--memory-gib", "4", "--print-args"]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
 
@@ -221,11 +223,7 @@ def test_a_deep_tmpdir_falls_back_to_tmp_so_vllms_sockets_fit() -> None:
 def test_on_a_gpu_machine_serve_runs_the_deployments_own_vllm_serve(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    directory = tmp_path / "llama"
-    directory.mkdir()
-    config = json.loads((REPO / "tests/unit/configs/llama-3.1-8b.json").read_text())
-    (directory / "config.json").write_text(json.dumps(config))
-    (directory / "tokenizer.json").write_text("{}")
+    directory = llama_dir(tmp_path)
     args = ["--max-model-len", "8192", "--max-num-seqs", "64"]
     assert (
         main(["serve", str(directory), "--engine", "gpu", "--gpu-class", "l40s", *args, "--print-args"]) == 0
