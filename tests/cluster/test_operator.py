@@ -552,3 +552,89 @@ def test_network_policy_is_created_on_request_and_removed_when_turned_off(k: Kub
         description="status.networkPolicy cleared",
     )
     assert settled_model["status"]["phase"] == "Ready"
+
+
+def quality_summary(increase: float, top1: float) -> str:
+    """The quantize pod's termination message, with the figures the worker would have measured."""
+    quality = {
+        "dataset": "qmo-builtin-english",
+        "tokens": 2044,
+        "source_perplexity": 8.0,
+        "quantized_perplexity": round(8.0 * (1 + increase / 100), 4),
+        "perplexity_increase_percent": increase,
+        "kl_mean": 0.02,
+        "top1_agreement": top1,
+    }
+    return json.dumps({"size_bytes": 1000, "quality": quality})
+
+
+def test_a_failed_quality_gate_holds_the_rollout_and_thresholds_alone_re_decide(
+    k: Kube, operator: OperatorProcess
+) -> None:
+    def annotated(summary: str) -> dict[str, Any]:
+        return {"podAnnotations": {stages.TERMINATION_MESSAGE_ANNOTATION: summary}}
+
+    k.apply(model("gated", method="gptq", quantize_job=annotated(quality_summary(2.0, 0.95))))
+    first = k.wait_phase("gated", "Ready")
+    deployment = k.get("deployment", "gated-vllm")
+    assert deployment is not None
+    pods = {
+        p["metadata"]["uid"]
+        for p in k.list("pods", "qmo.dev/model=gated,app.kubernetes.io/component=serving")
+    }
+    assert pods
+
+    # A new recipe whose quantization came out wrecked: 8-bit gptq, +48% perplexity, top-1 0.55.
+    k.apply(
+        model(
+            "gated",
+            method="gptq",
+            quantization={"bits": 8},
+            quantize_job=annotated(quality_summary(48.0, 0.55)),
+        )
+    )
+    held = k.wait_phase("gated", "Degraded")
+    gate = next(c for c in held["status"]["conditions"] if c["type"] == "QualityGate")
+    assert gate["status"] == "False" and gate["reason"] == "QualityBelowThreshold"
+    assert "perplexity +48% exceeds the 3% allowed" in gate["message"]
+    assert "top-1 agreement 0.55 is below the 0.93 required" in gate["message"]
+    assert "the previous artifact keeps serving" in held["status"]["message"]
+    assert held["status"]["artifact"]["key"] != first["status"]["artifact"]["key"]
+    # Nothing rolled: the same Deployment generation, the same pods, still on the first artifact.
+    after = k.get("deployment", "gated-vllm")
+    assert after is not None and after["metadata"]["generation"] == deployment["metadata"]["generation"]
+    assert after["spec"]["template"] == deployment["spec"]["template"]
+    assert {
+        p["metadata"]["uid"]
+        for p in k.list("pods", "qmo.dev/model=gated,app.kubernetes.io/component=serving")
+    } == pods
+    artifact = k.get("ma", held["status"]["artifact"]["name"])
+    assert artifact is not None
+    passed = next(c for c in artifact["status"]["conditions"] if c["type"] == "QualityPassed")
+    assert passed["status"] == "False" and "48%" in passed["message"]
+    events = k.cluster.kubectl("get", "events", "-n", k.namespace, "-o", "json").stdout
+    assert "quality gate: ModelArtifact" in events
+    wait_for(
+        lambda: operator.metric_value("qmo_quality_gate_blocked", model="gated", namespace=k.namespace) == 1,
+        timeout=30,
+        description="the quality-gate metric to say blocked",
+    )
+    jobs = len(k.list("jobs"))
+
+    # Only the thresholds change: decided again from the recorded figures, nothing is re-quantized.
+    k.apply(
+        model(
+            "gated",
+            method="gptq",
+            quantization={
+                "bits": 8,
+                "qualityGate": {"maxPerplexityIncreasePercent": 60, "minTop1Agreement": 0.5},
+            },
+            quantize_job=annotated(quality_summary(48.0, 0.55)),
+        )
+    )
+    ready = k.wait_phase("gated", "Ready")
+    assert ready["status"]["artifact"]["key"] == held["status"]["artifact"]["key"]
+    gate = next(c for c in ready["status"]["conditions"] if c["type"] == "QualityGate")
+    assert gate["status"] == "True" and gate["reason"] == "QualityPassed"
+    assert len(k.list("jobs")) == jobs

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from qmo.api.quantizedmodel import QuantizationSpec
+from qmo.desired.quality import gate_verdict, quality_thresholds
 from qmo.planner import predict_checkpoint_bytes
 from qmo.quantizer.recipes import Recipe
 from qmo.quantizer.worker import MANIFEST, Options, run, sha256_of
@@ -236,6 +238,26 @@ def test_the_figures_tell_an_unrelated_model_apart(
         quality = json.loads((outputs[method][0] / "quality.json").read_text())
         assert unrelated.kl_mean > 10 * quality["kl_mean"]
         assert unrelated.top1_agreement < quality["top1_agreement"]
+    # Served as if it were a 4-bit artifact of the source, the unrelated model is what a wrecked
+    # quantization looks like: the default gate blocks it.
+    verdict = gate_verdict(wire(unrelated.as_dict()), quality_thresholds(QuantizationSpec(method="gptq")))
+    assert verdict.blocks, verdict
+
+
+def wire(quality: dict[str, Any]) -> dict[str, Any]:
+    """quality.json as the operator stores it in ModelArtifact.status.quality."""
+    from qmo.api.artifact import ArtifactQuality
+
+    return ArtifactQuality.model_validate(quality).to_wire()
+
+
+@pytest.mark.parametrize("method", ["gptq", "w8a8"])
+def test_gptq_and_w8a8_pass_their_default_gate(
+    outputs: dict[str, tuple[Path, dict[str, Any]]], method: str
+) -> None:
+    quality = json.loads((outputs[method][0] / "quality.json").read_text())
+    verdict = gate_verdict(wire(quality), quality_thresholds(QuantizationSpec(method=method)))
+    assert verdict.passed is True, verdict
 
 
 def test_no_eval_writes_no_quality(tiny_llama: Path, tmp_path: Path) -> None:

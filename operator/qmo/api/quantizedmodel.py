@@ -102,6 +102,22 @@ class CalibrationSpec(ApiModel):
     """Tokens per calibration sample."""
 
 
+class QualityGateSpec(ApiModel):
+    """What an artifact must measure against its source before it serves (ModelArtifact status.quality).
+
+    Unset thresholds take the method's defaults: 4-bit (awq, gptq 4-bit, nvfp4) at most +10% perplexity and
+    at least 0.85 top-1 agreement; 8-bit (gptq 8-bit, w8a8, fp8, fp8-dynamic) +3% and 0.93. Not part of the
+    artifact's key: changing a threshold re-decides from the recorded figures, nothing is re-quantized.
+    """
+
+    enabled: bool = True
+    """false lets any artifact serve, whatever it measured."""
+    max_perplexity_increase_percent: float | None = Field(default=None, ge=0, le=100000)
+    """Largest perplexity increase over the source, in percent."""
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    """Smallest share of tokens whose top-ranked next token matches the source's."""
+
+
 class QuantizationSpec(ApiModel):
     """How to quantize the weights. Together with the resolved source it makes the artifact's content key."""
 
@@ -153,6 +169,8 @@ class QuantizationSpec(ApiModel):
         default_factory=lambda: ["lm_head"], max_length=64
     )
     """Module names or re: patterns kept in full precision."""
+    quality_gate: QualityGateSpec | None = None
+    """Thresholds the artifact's measured quality must meet before it serves (default: on, per method)."""
 
     @model_validator(mode="after")
     def _compatible(self) -> QuantizationSpec:

@@ -173,6 +173,13 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         if plan:
             rt.metrics.plan_gpus.labels(meta["namespace"], meta["name"]).set(plan["tensorParallelSize"])
             rt.metrics.plan_kv_tokens.labels(meta["namespace"], meta["name"]).set(plan["kvCacheTokens"])
+        conditions = ((outcome.status_patch or {}).get("conditions")) or (body.get("status") or {}).get(
+            "conditions", []
+        )
+        gate = next((c for c in conditions if c.get("type") == "QualityGate"), None)
+        if gate is not None:
+            blocked = 1 if gate.get("status") == "False" else 0
+            rt.metrics.quality_gate_blocked.labels(meta["namespace"], meta["name"]).set(blocked)
         if outcome.status_patch and "artifact" in outcome.status_patch and outcome.status_patch["artifact"]:
             reused = outcome.status_patch["artifact"].get("phase") == "Ready"
             rt.metrics.artifacts.labels("reused" if reused else "built").inc()

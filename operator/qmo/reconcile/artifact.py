@@ -15,6 +15,7 @@ from qmo.api.base import API_VERSION
 from qmo.desired.artifact import build_evict_job, build_quantize_job
 from qmo.desired.common import Owner
 from qmo.desired.names import evict_job_name, quantize_job_name
+from qmo.desired.quality import gate_verdict, quality_thresholds
 from qmo.reconcile.jobs import job_seconds, job_state, termination_message, unschedulable_message
 from qmo.reconcile.kube import ApiError, Kube, Manifest, label_selector
 from qmo.reconcile.model import Event, Outcome, format_validation_error
@@ -71,6 +72,7 @@ class ArtifactReconciler:
         status: dict[str, Any] = {k: v for k, v in old.items() if k != "conditions"}
         status["users"] = len(meta.get("ownerReferences") or [])
         status["observedGeneration"] = generation
+        spec: ModelArtifactSpec | None = None
         try:
             spec = ModelArtifactSpec.model_validate(body.get("spec") or {})
         except ValidationError as error:
@@ -90,6 +92,20 @@ class ArtifactReconciler:
                 now=now,
             )
         ]
+        if ready and spec is not None:
+            # Against the method's default thresholds; each model judges with its own (QualityGate there).
+            verdict = gate_verdict(status.get("quality"), quality_thresholds(spec.recipe))
+            status["conditions"].append(
+                condition(
+                    old.get("conditions", []),
+                    type_="QualityPassed",
+                    status=verdict.passed,
+                    reason=verdict.reason,
+                    message=verdict.message,
+                    generation=generation,
+                    now=now,
+                )
+            )
         patch = merge_patch_for(old, status)
         if patch is not None:
             await self.kube.patch(

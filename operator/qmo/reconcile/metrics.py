@@ -62,6 +62,12 @@ class Metrics:
             ["namespace", "artifact", "measure"],
             registry=registry,
         )
+        self.quality_gate_blocked = Gauge(
+            "qmo_quality_gate_blocked",
+            "1 while a model's new artifact failed its quality gate and its rollout is held",
+            ["namespace", "model"],
+            registry=registry,
+        )
         self.quantize_seconds = Histogram(
             "qmo_quantize_duration_seconds",
             "Wall time of quantize Jobs that completed",
@@ -96,7 +102,7 @@ class Metrics:
         for candidate in self.PHASES:
             with contextlib.suppress(KeyError):
                 self.model_phase.remove(namespace, model, candidate)
-        for gauge in (self.plan_kv_tokens, self.plan_gpus):
+        for gauge in (self.plan_kv_tokens, self.plan_gpus, self.quality_gate_blocked):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, model)
 

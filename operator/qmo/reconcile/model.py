@@ -31,6 +31,7 @@ from qmo.desired.artifact import (
 )
 from qmo.desired.common import Manifest, Owner
 from qmo.desired.names import CACHE_CLAIM_NAME, artifact_name, inspect_job_name, serving_name
+from qmo.desired.quality import gate_verdict, quality_thresholds
 from qmo.desired.serving import (
     build_network_policy,
     build_pod_disruption_budget,
@@ -329,8 +330,14 @@ class ModelReconciler:
         if source.huggingface is not None:
             status["resolvedRevision"] = source.huggingface.revision
         weights_ready = artifact_phase == "Ready"
+        verdict = gate_verdict(
+            (artifact.get("status") or {}).get("quality"), quality_thresholds(spec.quantization)
+        )
+        # A failed gate holds the rollout: whatever serves now (a previous artifact) keeps serving untouched.
+        gate_blocks = weights_ready and verdict.blocks
+        servable = weights_ready and not gate_blocks
         deployment = await self.kube.get("Deployment", namespace, serving_name(name))
-        if weights_ready:
+        if servable:
             # The policy first, so the pods never run open when it is asked for.
             policy = await self._apply_network_policy(namespace, name, owner, spec, old)
             if policy is not None:
@@ -344,7 +351,7 @@ class ModelReconciler:
         elif old.get("networkPolicy"):
             status["networkPolicy"] = old["networkPolicy"]  # kept while new weights are being made
         rolled, ready, rollout_reason = deployment_rollout(deployment, spec.serving.replicas)
-        serving_current = deployment is not None and weights_ready
+        serving_current = deployment is not None and servable
         replicas = int((deployment or {}).get("status", {}).get("replicas", 0))
         updated = int((deployment or {}).get("status", {}).get("updatedReplicas", 0))
         status.update(replicas=replicas, readyReplicas=ready, ready=f"{ready}/{spec.serving.replicas}")
@@ -356,6 +363,12 @@ class ModelReconciler:
             message = f"waiting for ModelArtifact {ma_name} ({artifact_phase})"
             if "Unschedulable" in artifact_message:
                 message += f": {artifact_message}"  # no node for the quantize Job: the user's fix too
+        elif gate_blocks:
+            phase = "Degraded"
+            keeps = (
+                "the previous artifact keeps serving" if deployment is not None else "nothing was deployed"
+            )
+            message = f"quality gate: ModelArtifact {ma_name}: {verdict.message}; {keeps}"
         elif rolled:
             phase = "Ready"
             message = f"serving on {planned.tensor_parallel_size}x {gpu.spec.name} per replica"
@@ -368,7 +381,7 @@ class ModelReconciler:
         else:
             phase = "Deploying"
             message = f"{ready}/{spec.serving.replicas} replicas ready ({rollout_reason})"
-        if weights_ready and not rolled and deployment is not None:
+        if servable and not rolled and deployment is not None:
             # A pod no node can take stays Pending without a word in the Deployment: say why, or an SRE
             # sees "RollingOut" forever. (Cluster autoscalers act on the same condition, so not Failed.)
             waiting = unschedulable_message(
@@ -402,7 +415,18 @@ class ModelReconciler:
                 previous_conditions,
                 type_="Deployed",
                 status=serving_current,
-                reason="Applied" if serving_current else "WaitingForWeights",
+                reason="Applied"
+                if serving_current
+                else ("QualityGateFailed" if gate_blocks else "WaitingForWeights"),
+                generation=generation,
+                now=now,
+            ),
+            condition(
+                previous_conditions,
+                type_="QualityGate",
+                status=verdict.passed if weights_ready else None,
+                reason=verdict.reason if weights_ready else "WaitingForWeights",
+                message=verdict.message if weights_ready else "",
                 generation=generation,
                 now=now,
             ),
