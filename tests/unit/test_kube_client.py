@@ -51,6 +51,10 @@ def test_errors_carry_status_reason_and_message() -> None:
     async def handler(request: web.Request) -> web.Response:
         if request.path.endswith("/missing"):
             return web.json_response({"reason": "NotFound", "message": "gone"}, status=404)
+        if request.method == "PATCH":
+            details = {"causes": [{"field": "spec.recipe", "message": "spec.recipe is immutable"}]}
+            body = {"reason": "Invalid", "message": "the server rejected our request", "details": details}
+            return web.json_response(body, status=422)
         return web.json_response({"reason": "Forbidden", "message": "no rights"}, status=403)
 
     async def scenario() -> None:
@@ -67,6 +71,13 @@ def test_errors_carry_status_reason_and_message() -> None:
             )
             assert not error.value.transient
             assert kube.requests["GET"] == 2
+            with pytest.raises(ApiError) as invalid:
+                await kube.patch("ModelArtifact", "ns", "a", {"spec": {}})
+            # A 422's own message is generic; the field and the rule it broke are in its causes.
+            assert (
+                invalid.value.message
+                == "the server rejected our request (spec.recipe: spec.recipe is immutable)"
+            )
         finally:
             await kube.close()
             await runner.cleanup()

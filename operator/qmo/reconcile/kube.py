@@ -53,6 +53,14 @@ API_VERSIONS: dict[str, str] = {
 }
 
 
+def _error_message(error: dict[str, Any], text: str) -> str:
+    """The server's message, with the field causes a 422 keeps in details (its message alone is generic)."""
+    message = str(error.get("message", text))
+    causes = (error.get("details") or {}).get("causes") or []
+    named = [f"{c.get('field', '?')}: {c.get('message', '')}" for c in causes if isinstance(c, dict)]
+    return f"{message} ({'; '.join(named)})" if named else message
+
+
 class ApiError(Exception):
     """The API server refused a request."""
 
@@ -205,7 +213,7 @@ class Kube:
                 error = json.loads(text)
             except json.JSONDecodeError:
                 raise ApiError(status, reason, text[:500]) from None
-            raise ApiError(status, error.get("reason", ""), error.get("message", text))
+            raise ApiError(status, error.get("reason", ""), _error_message(error, text))
         return json.loads(text) if text else {}
 
     async def _send(
