@@ -10,8 +10,7 @@ import pytest
 from qmo.desired.serving import serving_args
 from qmo.reconcile.artifact import summary_fields
 from qmo.reconcile.jobs import job_seconds, job_state, termination_message
-from qmo.reconcile.model import deployment_rollout
-from qmo.reconcile.status import condition, merge_patch_for, status_write
+from qmo.reconcile.status import condition, deployment_rollout, merge_patch_for, status_write
 
 
 def test_merge_patch_is_none_when_nothing_changed() -> None:

@@ -114,7 +114,6 @@ class EngineServer:
     port: int
     executable: Path
     """The engine's interpreter (CPU engine) or vLLM's own ``vllm`` script (a GPU machine)."""
-    log_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _tmpdir: Path | None = field(default=None, init=False)
     _log_file: Path | None = field(default=None, init=False)
@@ -141,7 +140,7 @@ class EngineServer:
             raise EngineError(f"port {self.port} on {self.host} is in use; choose another with --port")
         base = private_tmp_base(tempfile.gettempdir())
         self._tmpdir = Path(tempfile.mkdtemp(prefix="qmo-vllm-", dir=base))
-        self._log_file = self.log_path or self._tmpdir / "vllm.log"
+        self._log_file = self._tmpdir / "vllm.log"
         env = self.environment()
         env["TMPDIR"] = str(self._tmpdir)
         with open(self._log_file, "wb") as log:

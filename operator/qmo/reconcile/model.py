@@ -47,7 +47,14 @@ from qmo.reconcile.gpus import NodeShapes, ResolvedGPU, UnknownGPUClass, resolve
 from qmo.reconcile.jobs import job_state, termination_message, unschedulable_message
 from qmo.reconcile.kube import ApiError, Kube, label_selector
 from qmo.reconcile.source import HubClient, SourceError
-from qmo.reconcile.status import condition, merge_patch_for, now_rfc3339, status_write
+from qmo.reconcile.status import (
+    condition,
+    deployment_rollout,
+    format_validation_error,
+    merge_patch_for,
+    now_rfc3339,
+    status_write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +96,6 @@ class PermanentFailure(Exception):
         self.message = message
 
 
-def format_validation_error(error: ValidationError, prefix: str = "spec") -> str:
-    """'spec.serving.replicas: Input should be greater than or equal to 0' for each problem."""
-    parts = []
-    for problem in error.errors():
-        path = ".".join([prefix, *(str(p) for p in problem["loc"])])
-        parts.append(f"{path}: {problem['msg']}")
-    return "; ".join(parts)
-
-
 def desired_hash(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[
         :16
@@ -133,25 +131,6 @@ def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> Pla
         checkpoint_bytes=serving_plan.checkpoint_bytes,
         vllm_args=serving_args(serving_plan.vllm_args, method),
     )
-
-
-def deployment_rollout(deployment: Mapping[str, Any] | None, replicas: int) -> tuple[bool, int, str]:
-    """(rolled out, ready replicas, reason) of a Deployment as its controller last reported it."""
-    if deployment is None:
-        return False, 0, "NotCreated"
-    status = deployment.get("status", {})
-    ready = int(status.get("readyReplicas", 0))
-    generation = deployment.get("metadata", {}).get("generation", 0)
-    if status.get("observedGeneration", 0) < generation:
-        return False, ready, "RolloutPending"
-    for cond in status.get("conditions", []):
-        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-            return False, ready, "ProgressDeadlineExceeded"
-    updated = int(status.get("updatedReplicas", 0))
-    total = int(status.get("replicas", 0))
-    available = int(status.get("availableReplicas", 0))
-    rolled = updated >= replicas and total == replicas and available >= replicas
-    return rolled, ready, "RolledOut" if rolled else "RollingOut"
 
 
 def serving_selector(model: str) -> str:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 Status = dict[str, Any]
 
 
@@ -61,3 +63,31 @@ def status_write(meta: Mapping[str, Any], patch: Status) -> dict[str, Any]:
     the resourceVersion in the patch the API server answers 409 instead, and the object is re-read.
     """
     return {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch}
+
+
+def format_validation_error(error: ValidationError, prefix: str = "spec") -> str:
+    """'spec.serving.replicas: Input should be greater than or equal to 0' for each problem."""
+    parts = []
+    for problem in error.errors():
+        path = ".".join([prefix, *(str(p) for p in problem["loc"])])
+        parts.append(f"{path}: {problem['msg']}")
+    return "; ".join(parts)
+
+
+def deployment_rollout(deployment: Mapping[str, Any] | None, replicas: int) -> tuple[bool, int, str]:
+    """(rolled out, ready replicas, reason) of a Deployment as its controller last reported it."""
+    if deployment is None:
+        return False, 0, "NotCreated"
+    status = deployment.get("status", {})
+    ready = int(status.get("readyReplicas", 0))
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    if status.get("observedGeneration", 0) < generation:
+        return False, ready, "RolloutPending"
+    for cond in status.get("conditions", []):
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return False, ready, "ProgressDeadlineExceeded"
+    updated = int(status.get("updatedReplicas", 0))
+    total = int(status.get("replicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    rolled = updated >= replicas and total == replicas and available >= replicas
+    return rolled, ready, "RolledOut" if rolled else "RollingOut"
