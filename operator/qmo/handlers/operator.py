@@ -20,7 +20,8 @@ import kopf
 from qmo.reconcile.artifact import ArtifactReconciler
 from qmo.reconcile.kube import ApiError, Kube, load_credentials
 from qmo.reconcile.metrics import Metrics
-from qmo.reconcile.model import ModelReconciler, Outcome, RetryLater
+from qmo.reconcile.model import ModelReconciler
+from qmo.reconcile.outcome import Outcome, RetryLater
 from qmo.reconcile.source import HubClient, SourceError
 
 GROUP = "qmo.dev"

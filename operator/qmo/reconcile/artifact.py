@@ -18,7 +18,7 @@ from qmo.desired.names import evict_job_name, quantize_job_name
 from qmo.desired.quality import gate_verdict, quality_thresholds
 from qmo.reconcile.jobs import job_seconds, job_state, termination_message, unschedulable_message
 from qmo.reconcile.kube import ApiError, Kube, Manifest, label_selector
-from qmo.reconcile.model import Event, Outcome
+from qmo.reconcile.outcome import Event, Outcome
 from qmo.reconcile.status import (
     condition,
     format_validation_error,

@@ -7,30 +7,27 @@ up exactly where the last one stopped, and an unchanged model causes no writes a
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
 from qmo.api.base import API_VERSION
-from qmo.api.quantizedmodel import ModelSource, PlanStatus, QuantizedModelSpec
+from qmo.api.quantizedmodel import PlanStatus, QuantizedModelSpec
 from qmo.desired.artifact import (
     artifact_recipe,
     build_cache_claim,
-    build_inspect_job,
     build_model_artifact,
     cache_claim_size_bytes,
     content_key,
     source_slug,
 )
 from qmo.desired.common import Manifest, Owner
-from qmo.desired.names import CACHE_CLAIM_NAME, artifact_name, inspect_job_name, serving_name
+from qmo.desired.names import CACHE_CLAIM_NAME, artifact_name, serving_name
 from qmo.desired.quality import gate_verdict, quality_thresholds
 from qmo.desired.serving import (
     build_network_policy,
@@ -44,9 +41,11 @@ from qmo.desired.serving import (
 )
 from qmo.planner import PlanningError, ServingPlan, plan, predict_checkpoint_bytes
 from qmo.reconcile.gpus import NodeShapes, ResolvedGPU, UnknownGPUClass, resolve_gpu
-from qmo.reconcile.jobs import job_state, termination_message, unschedulable_message
+from qmo.reconcile.jobs import unschedulable_message
 from qmo.reconcile.kube import ApiError, Kube, label_selector
-from qmo.reconcile.source import HubClient, SourceError
+from qmo.reconcile.outcome import Event, Outcome, PermanentFailure, RetryLater, Waiting
+from qmo.reconcile.resolve import SourceResolver
+from qmo.reconcile.source import HubClient
 from qmo.reconcile.status import (
     condition,
     deployment_rollout,
@@ -60,40 +59,6 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 HASH_ANNOTATION = "qmo.dev/desired-hash"
-
-
-@dataclass
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Outcome:
-    """What one reconcile decided: the status patch it wrote (None: nothing changed) and its Events."""
-
-    phase: str
-    status_patch: dict[str, Any] | None = None
-    events: list[Event] = field(default_factory=list)
-    retry_after: float | None = None
-
-
-class Waiting(Exception):
-    """Planning waits for something it started (reading a PVC model's config.json): say so in status."""
-
-
-class RetryLater(Exception):
-    """Something is on its way (an artifact being evicted, a retry started): reconcile again soon."""
-
-
-class PermanentFailure(Exception):
-    """The spec (or something it names) is wrong: report Failed with this reason until the user fixes it."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 def desired_hash(manifest: Mapping[str, Any]) -> str:
@@ -143,10 +108,8 @@ class ModelReconciler:
 
     def __init__(self, kube: Kube, hub: HubClient) -> None:
         self.kube = kube
-        self.hub = hub
+        self.sources = SourceResolver(kube, hub)
         self.node_shapes = NodeShapes(kube)
-        # config.json read from PVC sources, by the inspect Job's uid (a Job's result never changes).
-        self._pvc_configs: dict[str, dict[str, Any]] = {}
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
@@ -234,7 +197,7 @@ class ModelReconciler:
             raise PermanentFailure("InvalidSpec", format_validation_error(error)) from error
         owner = Owner(api_version=API_VERSION, kind="QuantizedModel", name=name, uid=uid)
 
-        source, resolved_source, config = await self._resolve_source(namespace, spec, old, owner)
+        source, resolved_source, config = await self.sources.resolve(namespace, spec, old, owner)
         try:
             gpu = await resolve_gpu(self.kube, spec.serving.gpu_class, self.node_shapes)
         except UnknownGPUClass as error:
@@ -422,100 +385,6 @@ class ModelReconciler:
         if phase != old.get("phase"):
             events.append(Event("Warning" if phase == "Degraded" else "Normal", phase, message))
         return status, events
-
-    async def _resolve_source(
-        self, namespace: str, spec: QuantizedModelSpec, old: Mapping[str, Any], owner: Owner
-    ) -> tuple[ModelSource, str, dict[str, Any]]:
-        """The source pinned to a commit (resolved once, then kept in status) and its config.json."""
-        hf = spec.source.huggingface
-        if hf is None:
-            assert spec.source.pvc is not None
-            pvc_config = await self._inspect_pvc(namespace, spec, owner)
-            return spec.source, f"pvc:{spec.source.pvc.claim_name}:{spec.source.pvc.path}", pvc_config
-        requested = f"{hf.repo}@{hf.revision}"
-        token = await self._read_token(namespace, spec)
-        try:
-            if old.get("resolvedSource") == requested and old.get("resolvedRevision"):
-                sha = str(old["resolvedRevision"])
-            else:
-                sha = await self.hub.resolve(hf.repo, hf.revision, token)
-            config = await self.hub.config(hf.repo, sha, token)
-        except SourceError as error:
-            if error.permanent:
-                raise PermanentFailure(error.reason, f"spec.source.huggingface: {error}") from error
-            raise
-        pinned = ModelSource.model_validate({"huggingface": {**hf.to_wire(), "revision": sha}})
-        return pinned, requested, config
-
-    async def _inspect_pvc(self, namespace: str, spec: QuantizedModelSpec, owner: Owner) -> dict[str, Any]:
-        """config.json of a model on a PVC, read by a small CPU Job (the operator mounts no user volumes)."""
-        pvc = spec.source.pvc
-        assert pvc is not None
-        job_name = inspect_job_name(owner.name, pvc.claim_name, pvc.path)
-        job = await self.kube.get("Job", namespace, job_name)
-        where = f"{pvc.path.rstrip('/')}/config.json on PersistentVolumeClaim {pvc.claim_name}"
-        if job is None:
-            if await self.kube.get("PersistentVolumeClaim", namespace, pvc.claim_name) is None:
-                raise PermanentFailure(
-                    "SourceNotFound",
-                    f"spec.source.pvc.claimName: PersistentVolumeClaim {pvc.claim_name!r} not found in namespace"
-                    f" {namespace} (a model can only read claims in its own namespace)",
-                )
-            await self.kube.create(
-                build_inspect_job(
-                    model=owner,
-                    namespace=namespace,
-                    name=job_name,
-                    source=pvc,
-                    image=spec.quantize_job.image,
-                    pod_annotations=dict(spec.quantize_job.pod_annotations),
-                )
-            )
-            raise Waiting(f"reading {where}")
-        cached = self._pvc_configs.get(job["metadata"]["uid"])
-        if cached is not None:
-            return cached
-        state, job_message = job_state(job)
-        if state == "Running" or state == "Missing":
-            raise Waiting(f"reading {where}")
-        pods = await self.kube.list("Pod", namespace, label_selector=label_selector({"job-name": job_name}))
-        if state == "Failed":
-            detail = termination_message(pods, phase="Failed") or job_message
-            raise PermanentFailure(
-                "SourceUnreadable", f"spec.source.pvc: cannot read {where}: {detail}"[:1000]
-            )
-        text = termination_message(pods, phase="Succeeded") or ""
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise PermanentFailure(
-                "InvalidModelConfig",
-                f"spec.source.pvc: {where} is not valid JSON or is larger than the 4096 bytes a termination"
-                f" message holds ({error.msg})",
-            ) from error
-        if not isinstance(config, dict):
-            raise PermanentFailure("InvalidModelConfig", f"spec.source.pvc: {where} is not a JSON object")
-        self._pvc_configs[job["metadata"]["uid"]] = config
-        return config
-
-    async def _read_token(self, namespace: str, spec: QuantizedModelSpec) -> str | None:
-        hf = spec.source.huggingface
-        if hf is None or hf.token_secret_ref is None:
-            return None
-        ref = hf.token_secret_ref
-        secret = await self.kube.get("Secret", namespace, ref.name)
-        if secret is None:
-            raise PermanentFailure(
-                "TokenSecretNotFound",
-                f"spec.source.huggingface.tokenSecretRef: Secret {ref.name!r} not found in namespace {namespace}",
-            )
-        value = (secret.get("data") or {}).get(ref.key)
-        if not value:
-            raise PermanentFailure(
-                "TokenSecretNotFound",
-                f"spec.source.huggingface.tokenSecretRef: Secret {ref.name!r} has no key {ref.key!r}",
-            )
-        return base64.b64decode(value).decode().strip()
 
     async def _ensure_cache_claim(
         self, namespace: str, spec: QuantizedModelSpec, config: Mapping[str, Any], checkpoint_bytes: int
