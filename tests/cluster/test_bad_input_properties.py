@@ -72,8 +72,27 @@ def quantization(draw: st.DrawFn, methods: tuple[str, ...] = METHODS) -> Spec:
                     )
                 )
             ),
+            "evaluation": draw(optional(evaluation())),
         }
     )
+
+
+@st.composite
+def evaluation(draw: st.DrawFn) -> Spec:
+    text = draw(
+        st.sampled_from(
+            [
+                {},
+                {"dataset": "Salesforce/wikitext"},
+                {"configMapRef": {"name": "held-out"}},
+                {"pvc": {"claimName": "texts", "path": "/eval/held-out.jsonl"}},
+            ]
+        )
+    )
+    knobs = draw(
+        st.fixed_dictionaries({}, optional={"enabled": st.booleans(), "tokens": st.integers(128, 32768)})
+    )
+    return {**text, **knobs}
 
 
 @st.composite
@@ -236,6 +255,18 @@ MUTATIONS: dict[str, tuple[Callable[[Spec], None], str]] = {
     "zero calibration samples": (
         setter("quantization", "calibration", value={"samples": 0}),
         "spec.quantization.calibration.samples",
+    ),
+    "two evaluation sources": (
+        setter("quantization", "evaluation", value={"dataset": "wikitext", "configMapRef": {"name": "t"}}),
+        "spec.quantization.evaluation",
+    ),
+    "evaluation tokens 64": (
+        setter("quantization", "evaluation", value={"tokens": 64}),
+        "spec.quantization.evaluation.tokens",
+    ),
+    "evaluation file a directory": (
+        setter("quantization", "evaluation", value={"pvc": {"claimName": "t", "path": "/texts/"}}),
+        "spec.quantization.evaluation.pvc.path",
     ),
     "pvc path escaping": (
         setter("source", value={"pvc": {"claimName": "w", "path": "/../etc"}}),

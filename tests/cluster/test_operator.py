@@ -402,6 +402,40 @@ def test_pvc_source_is_planned_from_the_config_its_inspect_job_reads(k: Kube) ->
     ]
 
 
+def test_evaluation_text_reaches_the_quantize_job_and_stays_out_of_the_key(k: Kube) -> None:
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "held-out"},
+            "data": {"01-news.txt": "The council met on Tuesday.", "02-code.txt": "def f(): return 1"},
+        }
+    )
+    evaluation = {"configMapRef": {"name": "held-out"}, "tokens": 4096}
+    k.apply(model("measured", method="gptq", quantization={"evaluation": evaluation}))
+    measured = k.wait_phase("measured", "Ready")
+    [job] = k.list("jobs", "app.kubernetes.io/component=quantizer")
+    pod_spec = job["spec"]["template"]["spec"]
+    args = pod_spec["containers"][0]["args"]
+    assert arg_value(args, "--eval-dir") == "/evaluation"
+    assert arg_value(args, "--eval-tokens") == "4096"
+    [volume] = [v for v in pod_spec["volumes"] if v["name"] == "evaluation"]
+    assert volume["configMap"]["name"] == "held-out"
+    assert {"name": "evaluation", "mountPath": "/evaluation", "readOnly": True} in pod_spec["containers"][0][
+        "volumeMounts"
+    ]
+    artifact = k.get("ma", measured["status"]["artifact"]["name"])
+    assert artifact is not None
+    assert artifact["spec"]["evaluation"] == {**evaluation, "enabled": True}
+    assert "evaluation" not in artifact["spec"]["recipe"]
+
+    # The same recipe measured differently is the same weights: the same artifact, no second Job.
+    k.apply(model("unmeasured", method="gptq", quantization={"evaluation": {"enabled": False}}))
+    unmeasured = k.wait_phase("unmeasured", "Ready")
+    assert unmeasured["status"]["artifact"] == measured["status"]["artifact"]
+    assert len(k.list("jobs", "app.kubernetes.io/component=quantizer")) == 1
+
+
 def test_unreadable_pvc_config_fails_with_the_path(k: Kube) -> None:
     k.apply(MODELS_CLAIM)
     manifest = model(

@@ -61,6 +61,29 @@ def test_wire_form_round_trips_with_camel_case_keys() -> None:
         ({"serving": {"gpuClass": "h100", "tensorParallelSize": "many"}}, "serving.tensorParallelSize"),
         ({"serving": {"gpuClass": "h100", "gpuMemoryUtilization": 1.5}}, "serving.gpuMemoryUtilization"),
         ({"serving": {"gpuClass": "h100", "typo": 1}}, "serving.typo"),
+        (
+            {
+                "quantization": {
+                    "method": "awq",
+                    "evaluation": {"dataset": "d", "configMapRef": {"name": "t"}},
+                }
+            },
+            "quantization.evaluation",
+        ),
+        ({"quantization": {"method": "awq", "evaluation": {"tokens": 64}}}, "quantization.evaluation.tokens"),
+        (
+            {"quantization": {"method": "awq", "evaluation": {"pvc": {"claimName": "t", "path": "/texts/"}}}},
+            "quantization.evaluation.pvc.path",
+        ),
+        (
+            {
+                "quantization": {
+                    "method": "awq",
+                    "evaluation": {"pvc": {"claimName": "t", "path": "/../x.jsonl"}},
+                }
+            },
+            "quantization.evaluation.pvc.path",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field(overrides: dict[str, Any], path_fragment: str) -> None:
@@ -82,3 +105,29 @@ def test_int_or_string_fields_carry_their_cel_rules() -> None:
     assert tp["x-kubernetes-int-or-string"] is True
     assert "auto" in tp["x-kubernetes-validations"][0]["rule"]
     assert "type" not in tp
+
+
+def test_evaluation_defaults_to_the_built_in_text_and_at_most_one_source_is_refused() -> None:
+    assert parse_spec(minimal_spec()).quantization.evaluation is None
+    evaluation = parse_spec(
+        minimal_spec(quantization={"method": "awq", "evaluation": {}})
+    ).quantization.evaluation
+    assert evaluation is not None and evaluation.enabled and evaluation.tokens == 2048
+    two = {"dataset": "wikitext", "pvc": {"claimName": "texts", "path": "/eval.jsonl"}}
+    with pytest.raises(ValidationError, match="set at most one of dataset, configMapRef or pvc") as error:
+        parse_spec(minimal_spec(quantization={"method": "awq", "evaluation": two}))
+    assert [e["loc"] for e in error.value.errors()] == [("quantization", "evaluation")]
+
+
+def test_the_evaluation_source_rule_is_in_the_crd_as_for_calibration() -> None:
+    quantization = to_structural(QuantizedModelSpec)["properties"]["quantization"]["properties"]
+    [rule] = quantization["evaluation"]["x-kubernetes-validations"]
+    assert rule["message"] == "set at most one of dataset, configMapRef or pvc"
+    assert rule["rule"] == quantization["calibration"]["x-kubernetes-validations"][0]["rule"]
+    assert set(quantization["evaluation"]["properties"]) == {
+        "enabled",
+        "dataset",
+        "configMapRef",
+        "pvc",
+        "tokens",
+    }

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import yaml
 
 from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
 from qmo.api.quantizedmodel import ModelSource, NetworkPolicySpec, PlanStatus, QuantizationSpec, parse_spec
+from qmo.commands import quantize as quantize_command
 from qmo.desired.artifact import (
     artifact_recipe,
     build_evict_job,
@@ -51,7 +53,9 @@ def hf_source(revision: str = SHA, secret: bool = False) -> ModelSource:
 
 
 def artifact_spec(method: str = "awq", **quantization: Any) -> ModelArtifactSpec:
-    recipe = artifact_recipe(QuantizationSpec.model_validate({"method": method, **quantization}))
+    """The artifact as the reconciler specs it: the normalised recipe, the evaluation beside it."""
+    requested = QuantizationSpec.model_validate({"method": method, **quantization})
+    recipe = artifact_recipe(requested)
     source = hf_source(secret=True)
     key = content_key(source, recipe)
     return ModelArtifactSpec(
@@ -61,6 +65,7 @@ def artifact_spec(method: str = "awq", **quantization: Any) -> ModelArtifactSpec
         cache_claim_name="qmo-cache",
         path=key,
         predicted_bytes=5_900_000_000,
+        evaluation=requested.evaluation,
         job=ArtifactJobSpec(image="quantizer:1", gpus=1, node_selector={"gpu": "h100"}),
     )
 
@@ -130,6 +135,115 @@ def test_copy_only_methods_pass_no_recipe_flags() -> None:
     args = quantize_args(artifact_spec("none"))
     assert args[:2] == ["--method", "none"]
     assert "--bits" not in args and "--calibration-samples" not in args
+
+
+@pytest.mark.parametrize(
+    "evaluation",
+    [
+        {"enabled": False},
+        {"tokens": 8192},
+        {"dataset": "wikitext"},
+        {"configMapRef": {"name": "eval-texts"}},
+        {"pvc": {"claimName": "texts", "path": "/eval.jsonl"}},
+    ],
+)
+def test_evaluation_does_not_enter_the_key_or_the_recipe(evaluation: dict[str, Any]) -> None:
+    """It does not change the weights: the same artifact, whoever measures it how."""
+    spec = QuantizationSpec.model_validate({"method": "gptq", "evaluation": evaluation})
+    recipe = artifact_recipe(spec)
+    assert recipe.evaluation is None and "evaluation" not in recipe.to_wire()
+    assert content_key(hf_source(), recipe) == content_key(
+        hf_source(), artifact_recipe(QuantizationSpec(method="gptq"))
+    )
+
+
+def quantize_container(spec: ModelArtifactSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    pod = build_quantize_job(artifact=ARTIFACT_OWNER, namespace="ns", spec=spec)["spec"]["template"]["spec"]
+    return pod["containers"][0], pod["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "flags", "volume"),
+    [
+        (None, ["--eval-tokens", "2048"], None),
+        ({"tokens": 8192}, ["--eval-tokens", "8192"], None),
+        (
+            {"dataset": "Salesforce/wikitext"},
+            ["--eval-dataset", "Salesforce/wikitext", "--eval-tokens", "2048"],
+            None,
+        ),
+        (
+            {"configMapRef": {"name": "eval-texts"}, "tokens": 4096},
+            ["--eval-dir", "/evaluation", "--eval-tokens", "4096"],
+            {"name": "evaluation", "configMap": {"name": "eval-texts"}},
+        ),
+        (
+            {"pvc": {"claimName": "texts", "path": "/held-out/eval.jsonl"}},
+            ["--eval-jsonl", "/evaluation/held-out/eval.jsonl", "--eval-tokens", "2048"],
+            {"name": "evaluation", "persistentVolumeClaim": {"claimName": "texts", "readOnly": True}},
+        ),
+        ({"enabled": False, "configMapRef": {"name": "eval-texts"}}, ["--no-eval"], None),
+    ],
+)
+def test_quantize_job_gets_the_evaluation_flags_and_a_read_only_mount(
+    evaluation: dict[str, Any] | None, flags: list[str], volume: dict[str, Any] | None
+) -> None:
+    spec = artifact_spec("awq", **({"evaluation": evaluation} if evaluation is not None else {}))
+    container, volumes = quantize_container(spec)
+    args = container["args"]
+    assert args[-len(flags) :] == flags
+    assert [a for a in args if a.startswith("--") and "eval" in a] == [f for f in flags if f.startswith("--")]
+    mounts = [m for m in container["volumeMounts"] if m["name"] == "evaluation"]
+    if volume is None:
+        assert "evaluation" not in {v["name"] for v in volumes} and not mounts
+    else:
+        assert volume in volumes
+        assert mounts == [{"name": "evaluation", "mountPath": "/evaluation", "readOnly": True}]
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "parsed"),
+    [
+        (
+            {"dataset": "Salesforce/wikitext", "tokens": 512},
+            {"eval_dataset": "Salesforce/wikitext", "eval_tokens": 512},
+        ),
+        ({"configMapRef": {"name": "t"}}, {"eval_dir": Path("/evaluation"), "eval_tokens": 2048}),
+        ({"pvc": {"claimName": "t", "path": "/a.jsonl"}}, {"eval_jsonl": Path("/evaluation/a.jsonl")}),
+        ({"enabled": False}, {"evaluate": False}),
+    ],
+)
+def test_the_worker_parses_the_evaluation_flags_the_job_passes(
+    evaluation: dict[str, Any], parsed: dict[str, Any]
+) -> None:
+    """The flags are a contract with `qmo quantize`: its own parser reads what the operator writes."""
+    parser = argparse.ArgumentParser()
+    quantize_command.add_arguments(parser)
+    args = vars(parser.parse_args(quantize_args(artifact_spec("gptq", evaluation=evaluation))))
+    assert {name: args[name] for name in parsed} == parsed
+
+
+def test_calibration_and_evaluation_texts_mount_side_by_side() -> None:
+    spec = artifact_spec(
+        "gptq",
+        calibration={"configMapRef": {"name": "calib"}},
+        evaluation={"configMapRef": {"name": "held-out"}},
+    )
+    container, volumes = quantize_container(spec)
+    assert {"name": "calibration", "configMap": {"name": "calib"}} in volumes
+    assert {"name": "evaluation", "configMap": {"name": "held-out"}} in volumes
+    paths = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert (paths["calibration"], paths["evaluation"]) == ("/calibration", "/evaluation")
+    assert container["args"][container["args"].index("--calibration-dir") + 1] == "/calibration"
+    assert container["args"][container["args"].index("--eval-dir") + 1] == "/evaluation"
+
+
+@pytest.mark.parametrize("method", ["none", "prequantized", "bitsandbytes-nf4"])
+def test_copy_only_methods_measure_nothing_and_mount_no_evaluation_text(method: str) -> None:
+    """The worker evaluates only what it quantized; a copy has no figures (the gate says NotMeasured)."""
+    container, volumes = quantize_container(artifact_spec(method, evaluation={"configMapRef": {"name": "t"}}))
+    assert not [a for a in container["args"] if a.startswith(("--eval", "--no-eval"))]
+    assert "evaluation" not in {v["name"] for v in volumes}
 
 
 def test_evict_job_removes_exactly_the_artifact_paths() -> None:

@@ -265,3 +265,68 @@ def test_no_eval_writes_no_quality(tiny_llama: Path, tmp_path: Path) -> None:
     summary = run(Options(recipe=recipe, out=tmp_path / "artifact", source=tiny_llama, evaluate=False))
     assert summary["quality"] is None
     assert not (tmp_path / "artifact" / "quality.json").exists()
+
+
+def write_texts_dataset(directory: Path) -> Path:
+    """A local dataset (a train.jsonl): `datasets` loads a directory as it loads a hub id, no network."""
+    from qmo.quantizer.evaluate import builtin_texts
+
+    directory.mkdir(parents=True)
+    lines = [json.dumps({"text": text}) for text in reversed(builtin_texts())]
+    (directory / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def test_eval_dataset_reaches_quality_json_and_scores_what_eval_jsonl_scores(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """`--eval-dataset` (what spec.quantization.evaluation.dataset becomes) through `qmo quantize`."""
+    dataset = write_texts_dataset(tmp_path / "held-out")
+    out = tmp_path / "artifact"
+    log = tmp_path / "termination-log"
+    command = [
+        sys.executable,
+        "-m",
+        "qmo",
+        "quantize",
+        "--method",
+        "fp8-dynamic",
+        "--source",
+        str(tiny_llama),
+    ]
+    command += ["--out", str(out), "--termination-log", str(log)]
+    command += ["--eval-dataset", str(dataset), "--eval-tokens", "256"]
+    subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    quality = json.loads((out / "quality.json").read_text())
+    assert quality["dataset"] == f"hf:{dataset}"
+    assert quality["tokens"] == 255  # one chunk of 256 tokens: 255 next-token predictions
+    assert json.loads(log.read_text())["quality"] == quality
+    same_text_command = [sys.executable, "-m", "qmo", "eval", str(tiny_llama), str(out)]
+    same_text_command += ["--eval-jsonl", str(dataset / "train.jsonl"), "--eval-tokens", "256"]
+    result = subprocess.run(
+        same_text_command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    same_text = json.loads(result.stdout)
+    assert same_text.pop("dataset") == "jsonl:train.jsonl"
+    assert same_text == {k: v for k, v in quality.items() if k != "dataset"}
+
+
+def test_an_unreadable_eval_dataset_fails_before_any_work(tiny_llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "artifact"
+    log = tmp_path / "termination-log"
+    missing = tmp_path / "no-such-dataset"
+    command = [sys.executable, "-m", "qmo", "quantize", "--method", "gptq", "--source", str(tiny_llama)]
+    command += ["--out", str(out), "--termination-log", str(log), "--eval-dataset", str(missing)]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert str(missing) in log.read_text() and str(missing) in result.stderr
+    assert not out.exists() and not out.with_name("artifact.partial").exists()

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from qmo.api.base import ApiModel, Condition, PassThroughObject
-from qmo.api.quantizedmodel import ModelSource, QuantizationSpec
+from qmo.api.quantizedmodel import EvaluationSpec, ModelSource, QuantizationSpec
 
 ArtifactPhase = Literal["Pending", "Quantizing", "Ready", "Failed", "Evicting"]
 
@@ -66,13 +66,17 @@ class ModelArtifactSpec(ApiModel):
     """The planner's size prediction for the checkpoint."""
     job: ArtifactJobSpec
     """The quantize Job's placement and limits."""
+    evaluation: EvaluationSpec | None = None
+    """What the quantize Job measures quality on; taken from the model that created the artifact, not part of
+    the key (models sharing the artifact share its figures). Unset: the built-in text, 2,048 tokens."""
 
 
 class ArtifactQuality(ApiModel):
     """The quantized checkpoint against its source on an evaluation text (the worker's quality.json)."""
 
     dataset: str
-    """The evaluation text: qmo-builtin-english (public-domain English shipped with qmo) or the user's."""
+    """The evaluation text: qmo-builtin-english (public-domain English shipped with qmo) or the user's
+    (hf:DATASET, dir:evaluation for a ConfigMap, jsonl:FILE)."""
     tokens: int = Field(ge=0)
     """Next-token predictions scored."""
     source_perplexity: float

@@ -102,6 +102,56 @@ class CalibrationSpec(ApiModel):
     """Tokens per calibration sample."""
 
 
+class PvcFile(ApiModel):
+    """A file on a PersistentVolumeClaim in this namespace, mounted read-only."""
+
+    claim_name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
+    """Name of the PersistentVolumeClaim, in the QuantizedModel's namespace."""
+    path: str = Field(max_length=1024, pattern=r"^/([^.]|\.[^.]|\.$)*[^/]$")
+    """Path of the file inside the claim, e.g. /eval/texts.jsonl (no '..', not a directory)."""
+
+
+class EvaluationSpec(ApiModel):
+    """The text the quantize Job measures the artifact against its source on (ModelArtifact status.quality).
+
+    At most one source is set; none is the built-in public-domain English. Not part of the artifact's key
+    (it does not change the weights): the model that creates the artifact decides it, so models sharing an
+    artifact share its figures. Use a text other than the calibration data, or the figures flatter.
+    """
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.dataset) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0)"
+                    " + (has(self.pvc) ? 1 : 0) <= 1",
+                    "message": "set at most one of dataset, configMapRef or pvc",
+                }
+            ]
+        }
+    }
+
+    enabled: bool = True
+    """false skips the evaluation: the artifact has no figures, so a quality gate cannot judge it and
+    reports NotMeasured (it does not block)."""
+    dataset: str | None = Field(default=None, min_length=1, max_length=200)
+    """A Hugging Face dataset id: the 'text' column of its train split, streamed by the Job as far as the
+    token budget needs (with the source's tokenSecretRef token, like calibration.dataset)."""
+    config_map_ref: LocalObjectReference | None = None
+    """A ConfigMap in this namespace whose values are evaluation texts (mounted as files, read in key order)."""
+    pvc: PvcFile | None = None
+    """A JSONL file (one {"text": ...} per line) on a PersistentVolumeClaim in this namespace."""
+    tokens: int = Field(default=2048, ge=128, le=32768)
+    """Tokens of text to score. Costs host memory in the Job: tokens x vocabulary x 2 bytes (0.5 GiB for
+    2,048 tokens of a 128k vocabulary)."""
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> EvaluationSpec:
+        if sum(x is not None for x in (self.dataset, self.config_map_ref, self.pvc)) > 1:
+            raise ValueError("set at most one of dataset, configMapRef or pvc")
+        return self
+
+
 class QualityGateSpec(ApiModel):
     """What an artifact must measure against its source before it serves (ModelArtifact status.quality).
 
@@ -171,6 +221,8 @@ class QuantizationSpec(ApiModel):
     """Module names or re: patterns kept in full precision."""
     quality_gate: QualityGateSpec | None = None
     """Thresholds the artifact's measured quality must meet before it serves (default: on, per method)."""
+    evaluation: EvaluationSpec | None = None
+    """What the quantize Job measures quality on (default: on, the built-in English text, 2,048 tokens)."""
 
     @model_validator(mode="after")
     def _compatible(self) -> QuantizationSpec:

@@ -1,8 +1,8 @@
 """``qmo eval SOURCE ARTIFACT``: how far a quantized checkpoint is from its source.
 
 Perplexity of both over the same tokens, mean per-token KL(source || quantized) and top-1 agreement, on
-the built-in public-domain English text or ``--eval-dir``/``--eval-jsonl``. The same numbers the quantize
-Job writes to ``quality.json``. Exit 0 with the figures, 2 for bad input.
+the built-in public-domain English text or ``--eval-dir``/``--eval-jsonl``/``--eval-dataset``. The same
+numbers the quantize Job writes to ``quality.json``. Exit 0 with the figures, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from qmo.quantizer.evaluate import BUILTIN_DATASET, evaluate
 
-    texts, dataset = evaluation_texts(args)
     try:
+        texts, dataset = evaluation_texts(args)
         quality = evaluate(
             args.source,
             args.artifact,

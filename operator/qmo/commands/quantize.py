@@ -4,7 +4,8 @@ Flags are a contract with the operator (operator/qmo/desired/artifact.py builds 
 ``--method --out --key --termination-log``, the source (``--source PATH`` or ``--hf-repo R --revision SHA``),
 the recipe (``--backend --bits --group-size --symmetric/--asymmetric --act-order --dampening --ignore``) and
 calibration (``--calibration-dir | --calibration-jsonl | --calibration-dataset``, ``--calibration-samples``,
-``--calibration-seq-len``). Exit 0: done (or already done); 2: refused before any work; 1: failed.
+``--calibration-seq-len``) and evaluation (``--eval-dir | --eval-jsonl | --eval-dataset``, ``--eval-tokens``,
+``--no-eval``). Exit 0: done (or already done); 2: refused before any work; 1: failed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -63,13 +65,18 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-dir", type=Path, help="evaluate on the text files in this directory (a ConfigMap)"
     )
     text.add_argument("--eval-jsonl", type=Path, help='evaluate on a JSONL file of {"text": ...} lines')
+    text.add_argument(
+        "--eval-dataset", help="evaluate on a Hugging Face dataset's 'text' column (train split, streamed)"
+    )
     parser.add_argument(
         "--eval-tokens", type=int, default=2048, help="tokens of evaluation text to score (default 2048)"
     )
 
 
-def evaluation_texts(args: argparse.Namespace) -> tuple[list[str] | None, str | None]:
-    """(texts, dataset name) from --eval-dir/--eval-jsonl; (None, None) means the built-in corpus."""
+def evaluation_texts(args: argparse.Namespace) -> tuple[Iterable[str] | None, str | None]:
+    """(texts, dataset name) from --eval-dir/--eval-jsonl/--eval-dataset; (None, None) means the built-in
+    corpus. A dataset is opened here, so a wrong id fails before any work, and streamed as it is scored.
+    Raises ValueError for a source that cannot be read."""
     if args.eval_dir is not None:
         files = sorted(p for p in args.eval_dir.iterdir() if p.is_file() and not p.name.startswith("."))
         return [p.read_text() for p in files], f"dir:{args.eval_dir.name}"
@@ -78,6 +85,10 @@ def evaluation_texts(args: argparse.Namespace) -> tuple[list[str] | None, str | 
             str(json.loads(line)["text"]) for line in args.eval_jsonl.read_text().splitlines() if line.strip()
         ]
         return texts, f"jsonl:{args.eval_jsonl.name}"
+    if args.eval_dataset is not None:
+        from qmo.quantizer.evaluate import dataset_texts
+
+        return dataset_texts(args.eval_dataset), f"hf:{args.eval_dataset}"
     return None, None
 
 
@@ -113,7 +124,13 @@ def run(args: argparse.Namespace) -> int:
         evaluate=args.evaluate,
         eval_tokens=args.eval_tokens,
     )
-    options.eval_texts, options.eval_dataset = evaluation_texts(args)
+    if args.evaluate:
+        try:
+            options.eval_texts, options.eval_dataset = evaluation_texts(args)
+        except (OSError, ValueError) as error:
+            print(f"qmo quantize: {error}", file=sys.stderr)
+            _fail(args.termination_log, str(error))
+            return 2
     try:
         validate(recipe)
         summary = run_worker(options)

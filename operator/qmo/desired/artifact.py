@@ -13,8 +13,14 @@ import math
 from typing import Any
 
 from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
-from qmo.api.base import API_VERSION
-from qmo.api.quantizedmodel import CalibrationSpec, ModelSource, PvcSource, QuantizationSpec
+from qmo.api.base import API_VERSION, LocalObjectReference
+from qmo.api.quantizedmodel import (
+    CalibrationSpec,
+    EvaluationSpec,
+    ModelSource,
+    PvcSource,
+    QuantizationSpec,
+)
 from qmo.desired.common import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
@@ -39,11 +45,16 @@ _CALIBRATED = frozenset({"awq", "gptq", "w8a8", "nvfp4"})
 _DEFAULT_SYMMETRIC = {"awq": False, "gptq": True, "w8a8": True}
 SOURCE_MOUNT_PATH = "/source"
 CALIBRATION_MOUNT_PATH = "/calibration"
+EVALUATION_MOUNT_PATH = "/evaluation"
 TERMINATION_LOG = "/dev/termination-log"
 
 
 def artifact_recipe(quantization: QuantizationSpec) -> QuantizationSpec:
-    """The recipe as the artifact stores it: explicit defaults, irrelevant knobs at their defaults."""
+    """The recipe as the artifact stores it: explicit defaults, irrelevant knobs at their defaults.
+
+    Only what changes the bytes: the quality gate and the evaluation stay out (unset here), so neither
+    enters the content key; the evaluation travels on ModelArtifactSpec.evaluation instead.
+    """
     method = quantization.method
     if method in ("none", "prequantized", "bitsandbytes-nf4"):
         # bitsandbytes quantizes while vLLM loads: the cache holds the 16-bit source, like `none`.
@@ -171,7 +182,21 @@ def quantize_args(spec: ModelArtifactSpec) -> list[str]:
         ]
     for pattern in recipe.ignore:
         args += ["--ignore", pattern]
-    return args
+    return args + evaluation_args(spec.evaluation or EvaluationSpec())
+
+
+def evaluation_args(evaluation: EvaluationSpec) -> list[str]:
+    """The worker's evaluation flags (only for methods that quantize: none/prequantized measure nothing)."""
+    if not evaluation.enabled:
+        return ["--no-eval"]
+    args: list[str] = []
+    if evaluation.config_map_ref is not None:
+        args += ["--eval-dir", EVALUATION_MOUNT_PATH]
+    elif evaluation.pvc is not None:
+        args += ["--eval-jsonl", f"{EVALUATION_MOUNT_PATH}/{evaluation.pvc.path.strip('/')}"]
+    elif evaluation.dataset is not None:
+        args += ["--eval-dataset", evaluation.dataset]
+    return [*args, "--eval-tokens", str(evaluation.tokens)]
 
 
 def _artifact_labels(artifact: Owner, key: str, component: str) -> dict[str, str]:
@@ -233,6 +258,25 @@ def _pod_metadata(labels: dict[str, str], annotations: dict[str, str]) -> Manife
     return metadata
 
 
+def _mount_texts(
+    volumes: list[Manifest],
+    mounts: list[Manifest],
+    *,
+    name: str,
+    mount_path: str,
+    config_map: LocalObjectReference | None,
+    claim_name: str | None,
+) -> None:
+    """A user's texts (a ConfigMap, or the claim holding a JSONL file) mounted read-only at ``mount_path``."""
+    if config_map is not None:
+        volumes.append({"name": name, "configMap": {"name": config_map.name}})
+    elif claim_name is not None:
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True}})
+    else:
+        return
+    mounts.append({"name": name, "mountPath": mount_path, "readOnly": True})
+
+
 def build_quantize_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSpec) -> Manifest:
     """The Job that fills /cache/<key> (quantizing, or only copying for none/prequantized)."""
     job = spec.job
@@ -267,17 +311,24 @@ def build_quantize_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSp
         mounts.append({"name": "source", "mountPath": SOURCE_MOUNT_PATH, "readOnly": True})
     calibration = spec.recipe.calibration
     if spec.recipe.method in _CALIBRATED:
-        if calibration.config_map_ref is not None:
-            volumes.append({"name": "calibration", "configMap": {"name": calibration.config_map_ref.name}})
-            mounts.append({"name": "calibration", "mountPath": CALIBRATION_MOUNT_PATH, "readOnly": True})
-        elif calibration.pvc is not None:
-            volumes.append(
-                {
-                    "name": "calibration",
-                    "persistentVolumeClaim": {"claimName": calibration.pvc.claim_name, "readOnly": True},
-                }
-            )
-            mounts.append({"name": "calibration", "mountPath": CALIBRATION_MOUNT_PATH, "readOnly": True})
+        _mount_texts(
+            volumes,
+            mounts,
+            name="calibration",
+            mount_path=CALIBRATION_MOUNT_PATH,
+            config_map=calibration.config_map_ref,
+            claim_name=calibration.pvc.claim_name if calibration.pvc is not None else None,
+        )
+    evaluation = spec.evaluation or EvaluationSpec()
+    if spec.recipe.method not in ("none", "prequantized") and evaluation.enabled:
+        _mount_texts(
+            volumes,
+            mounts,
+            name="evaluation",
+            mount_path=EVALUATION_MOUNT_PATH,
+            config_map=evaluation.config_map_ref,
+            claim_name=evaluation.pvc.claim_name if evaluation.pvc is not None else None,
+        )
     container: Manifest = {
         "name": "quantize",
         "image": job.image,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -45,8 +45,31 @@ def builtin_texts() -> list[str]:
     return [part.strip() for part in text.split("\n\n") if part.strip()]
 
 
+def dataset_texts(name: str) -> Iterator[str]:
+    """The non-empty 'text' values of a Hugging Face dataset's train split, streamed: rows are fetched only
+    as far as the token budget reads them. The first row is read now, so a wrong id, a missing token or a
+    dataset without a 'text' column fails before hours of quantizing (as a ValueError); the rows are
+    streamed afresh when scored, not over a connection left idle meanwhile."""
+    from datasets import load_dataset
+
+    try:
+        first = next(iter(load_dataset(name, split="train", streaming=True)), None)
+    except Exception as error:  # datasets and the hub raise many kinds; each means "cannot read it"
+        raise ValueError(f"evaluation dataset {name!r}: {type(error).__name__}: {error}") from error
+    if not isinstance(first, dict) or "text" not in first:
+        raise ValueError(f"evaluation dataset {name!r} has no 'text' column in its train split")
+
+    def texts() -> Iterator[str]:
+        for row in load_dataset(name, split="train", streaming=True):
+            text = row.get("text")
+            if isinstance(text, str) and text.strip():
+                yield text
+
+    return texts()
+
+
 def token_chunks(
-    tokenizer: Any, texts: Sequence[str], *, budget: int, chunk: int = CHUNK_TOKENS
+    tokenizer: Any, texts: Iterable[str], *, budget: int, chunk: int = CHUNK_TOKENS
 ) -> list[list[int]]:
     """The texts as one token stream, cut to ``budget`` tokens, in chunks of at most ``chunk``."""
     stream: list[int] = []
@@ -88,7 +111,7 @@ def evaluate(
     source: Path,
     artifact: Path,
     *,
-    texts: Sequence[str] | None = None,
+    texts: Iterable[str] | None = None,
     dataset: str = BUILTIN_DATASET,
     budget: int = DEFAULT_TOKEN_BUDGET,
 ) -> Quality:

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,8 @@ class Options:
     validation_prompts: int = 3
     evaluate: bool = True
     """Measure quality.json against the source (perplexity, KL, top-1) after quantizing."""
-    eval_texts: list[str] | None = None
-    """The evaluation text; None is the built-in public-domain corpus."""
+    eval_texts: Iterable[str] | None = None
+    """The evaluation text (read only as far as the token budget); None is the built-in public-domain corpus."""
     eval_dataset: str | None = None
     eval_tokens: int = 2048
     timings: dict[str, float] = field(default_factory=dict)

@@ -237,6 +237,7 @@ class ModelReconciler:
                 cache_claim_name=CACHE_CLAIM_NAME,
                 path=key,
                 predicted_bytes=serving_plan.checkpoint_bytes,
+                evaluation=spec.quantization.evaluation,
                 job=ArtifactJobSpec(
                     image=spec.quantize_job.image,
                     gpus=0 if recipe.method in ("none", "prequantized") else 1,
