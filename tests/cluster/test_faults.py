@@ -8,10 +8,14 @@ same campaign at a larger size.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import time
 from typing import Any
 
+from qmo.reconcile.kube import ApiError, load_credentials
+from qmo.reconcile.kube import Kube as Client
 from qmo.sandbox import nodes, stages
 from qmo.sandbox.chaos import KillCampaign, audit, settled
 from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config
@@ -159,3 +163,44 @@ def test_a_gpu_node_disappearing_moves_the_replica_and_the_model_is_ready_again(
             timeout=30,
             description=f"node {lost} back",
         )
+
+
+def test_a_guarded_json_patch_on_a_changed_object_is_a_conflict(k: Kube, cluster: SessionCluster) -> None:
+    """The artifact's owner list is patched with a resourceVersion "test": when another writer got there
+    first the API server answers 422 with a generic message, which qmo must treat as a conflict (decide
+    again on a fresh read), never as a reconcile error."""
+
+    from qmo.reconcile.kube import ApiError
+
+    def secret(value: str) -> dict[str, Any]:
+        data = {"a": base64.b64encode(value.encode()).decode()}
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "raced"}, "data": data}
+
+    k.apply(secret("1"))
+
+    async def race() -> ApiError:
+        client = Client(load_credentials(str(cluster.kubeconfig)))
+        try:
+            seen = await client.get("Secret", k.namespace, "raced")
+            assert seen is not None
+            k.apply(secret("2"))
+            stale = [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": seen["metadata"]["resourceVersion"],
+                },
+                {"op": "add", "path": "/metadata/labels", "value": {"b": "3"}},
+            ]
+            try:
+                await client.patch("Secret", k.namespace, "raced", stale, json_patch=True)
+            except ApiError as error:
+                return error
+            raise AssertionError("a patch testing a stale resourceVersion was accepted")
+        finally:
+            await client.close()
+
+    error = asyncio.run(race())
+    assert error.status == 409 and "changed since it was read" in error.message
+    after = k.get("secret", "raced")
+    assert after is not None and after["data"] == {"a": "Mg=="} and not after["metadata"].get("labels")

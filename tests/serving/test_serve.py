@@ -14,6 +14,7 @@ import pytest
 
 from conftest import QUANTIZED_METHODS, Served, qmo_serve, snapshot
 from qmo.commands.serve import cpu_device, make_plan, read_model
+from qmo.desired.verification import kv_error_percent, parse_cache_config
 from qmo.planner import ServingPlan
 from tiny_models import build_tiny_llama
 
@@ -55,6 +56,7 @@ class Measured:
     models: list[str] = field(default_factory=list)
     completion: dict[str, Any] = field(default_factory=dict)
     cache_info: dict[str, str] = field(default_factory=dict)
+    metrics: str = ""
     model_dir_unchanged: bool = False
     sequences: list[list[int]] = field(default_factory=list)
     scored: list[list[float]] = field(default_factory=list)
@@ -124,7 +126,8 @@ def measured(
                 "/v1/completions",
                 {"model": name, "prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0, "ignore_eos": True},
             )
-            result.cache_info = cache_config_info(served.get("/metrics").decode())
+            result.metrics = served.get("/metrics").decode()
+            result.cache_info = cache_config_info(result.metrics)
             if label == "source":
                 for prompt in PROMPTS:
                     sequence = greedy(served, prompt)
@@ -195,6 +198,14 @@ def test_kv_cache_is_exactly_the_planned_pool(measured: dict[str, Measured], lab
     assert int(info["kv_cache_memory_bytes"]) == plan.kv_cache_bytes_per_gpu
     assert int(info["num_gpu_blocks"]) == plan.kv_cache_blocks
     assert int(info["kv_cache_size_tokens"]) == plan.kv_cache_tokens
+    # What the operator's plan verification reads from the same text (status.plan.observed).
+    observed = parse_cache_config(measured[label].metrics)
+    assert (observed.blocks, observed.block_size, observed.tokens) == (
+        plan.kv_cache_blocks,
+        16,
+        plan.kv_cache_tokens,
+    )
+    assert kv_error_percent(predicted=plan.kv_cache_tokens, observed=observed.tokens) == 0.0
 
 
 def engine_noise(measured: dict[str, Measured], reference: dict[str, list[list[float]]]) -> float:

@@ -39,7 +39,7 @@ PROMQL_WORDS = {
     "and", "or", "unless",
     # functions used in qmo's dashboards and alerts (a new one must be added here on purpose)
     "rate", "irate", "increase", "histogram_quantile", "label_values", "absent", "clamp_min", "clamp_max",
-    "max_over_time", "min_over_time", "avg_over_time", "time", "vector", "scalar",
+    "max_over_time", "min_over_time", "avg_over_time", "time", "vector", "scalar", "abs",
 }  # fmt: skip
 
 SUFFIXES = {

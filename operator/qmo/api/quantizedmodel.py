@@ -450,6 +450,27 @@ class QuantizedModelSpec(ApiModel):
     """The quantize Job's settings."""
 
 
+class ObservedPlan(ApiModel):
+    """What vLLM really allocated, read from the serving pods' /metrics (vllm:cache_config_info)."""
+
+    kv_cache_tokens: int | None = None
+    """KV-cache tokens per replica vLLM allocated (the smallest over the pods read)."""
+    kv_cache_blocks: int | None = None
+    """KV-cache blocks per replica (num_gpu_blocks)."""
+    block_size: int | None = None
+    """Tokens per KV-cache block."""
+    error_percent: float | None = None
+    """(observed - predicted) / predicted KV tokens in percent; negative: fewer than planned."""
+    pods: int = 0
+    """Serving pods whose /metrics were read."""
+    error: str | None = None
+    """Why some or all pods could not be read."""
+    scraped_at: str
+    """When the pods were read (RFC 3339)."""
+    revision: str
+    """The Deployment's desired hash and ready replicas this observation was made of."""
+
+
 class PlanStatus(ApiModel):
     """The serving plan the planner chose, with its numbers (per GPU, GiB = 2^30 bytes)."""
 
@@ -481,6 +502,27 @@ class PlanStatus(ApiModel):
     """Size of the quantized checkpoint on disk."""
     vllm_args: list[str]
     """The arguments the vLLM container runs with."""
+    gpu_memory_utilization: float | None = None
+    """The --gpu-memory-utilization planned with (lower than the spec's after a re-plan, see status.replan)."""
+    observed: ObservedPlan | None = None
+    """What vLLM really allocated, beside the prediction (kvCacheTokens)."""
+
+
+class ReplanStatus(ApiModel):
+    """The one re-plan with more headroom after the plan's arguments failed to start (per generation)."""
+
+    generation: int | None = None
+    """The .metadata.generation it applies to: a spec change plans from the spec again."""
+    reason: str
+    """OOMKilled or CrashLoopBackOff."""
+    message: str
+    """The pod that failed and its last words."""
+    from_gpu_memory_utilization: float
+    """--gpu-memory-utilization of the plan that failed."""
+    gpu_memory_utilization: float
+    """--gpu-memory-utilization planned with since."""
+    at: str
+    """When it was decided (RFC 3339)."""
 
 
 class ArtifactStatusRef(ApiModel):
@@ -504,13 +546,15 @@ class QuantizedModelStatus(ApiModel):
     observed_generation: int | None = None
     """The .metadata.generation last reconciled."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Planned, WeightsReady, Deployed, Available."""
+    """Planned, WeightsReady, Deployed, QualityGate, Available, PlanVerified."""
     resolved_revision: str | None = None
     """Commit sha the source revision resolved to."""
     resolved_source: str | None = None
     """The repo@revision that resolvedRevision was resolved from (a new revision is resolved again)."""
     plan: PlanStatus | None = None
     """The serving plan."""
+    replan: ReplanStatus | None = None
+    """The re-plan with more headroom after a failed start, while it applies."""
     artifact: ArtifactStatusRef | None = None
     """The ModelArtifact in use."""
     endpoint: str | None = None

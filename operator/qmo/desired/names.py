@@ -19,6 +19,8 @@ LABEL_ARTIFACT_KEY = f"{LABEL_PREFIX}/artifact-key"
 LABEL_ARTIFACT = f"{LABEL_PREFIX}/artifact"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# A hash of the manifest qmo applied: an unchanged child is recognised without a write.
+DESIRED_HASH_ANNOTATION = f"{LABEL_PREFIX}/desired-hash"
 
 CACHE_CLAIM_NAME = "qmo-cache"
 CACHE_MOUNT_PATH = "/cache"

@@ -223,6 +223,8 @@ def build_serving_deployment(
         "resources": gpu_resources(serving.resources, resource_name=placement.resource_name, gpus=tp),
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        # vLLM's last log lines become the termination message: a failed start names its cause in status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         # Loading weights and capturing CUDA graphs can take many minutes; liveness waits for startup.
         "startupProbe": {**probe_http, "periodSeconds": 10, "failureThreshold": 180},
         "readinessProbe": {**probe_http, "periodSeconds": 5, "failureThreshold": 3},

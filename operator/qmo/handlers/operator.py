@@ -8,6 +8,7 @@ tests, so importing this module has no side effects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -174,6 +175,21 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         if plan:
             rt.metrics.plan_gpus.labels(meta["namespace"], meta["name"]).set(plan["tensorParallelSize"])
             rt.metrics.plan_kv_tokens.labels(meta["namespace"], meta["name"]).set(plan["kvCacheTokens"])
+            observed = plan.get("observed") or {}
+            for gauge, value in (
+                (rt.metrics.observed_kv_tokens, observed.get("kvCacheTokens")),
+                (rt.metrics.plan_kv_error, observed.get("errorPercent")),
+            ):
+                if value is not None:
+                    gauge.labels(meta["namespace"], meta["name"]).set(value)
+                else:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(meta["namespace"], meta["name"])
+        for event in outcome.events:
+            if event.reason == "Replanned":
+                rt.metrics.replans.labels(
+                    (outcome.status_patch or {}).get("replan", {}).get("reason", "")
+                ).inc()
         conditions = ((outcome.status_patch or {}).get("conditions")) or (body.get("status") or {}).get(
             "conditions", []
         )

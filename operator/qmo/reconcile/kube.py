@@ -61,6 +61,10 @@ def _error_message(error: dict[str, Any], text: str) -> str:
     return f"{message} ({'; '.join(named)})" if named else message
 
 
+# What the API server answers (422, no field causes) when a JSON patch's "test" operation does not hold.
+FAILED_PATCH_TEST = "the server rejected our request due to an error in our request"
+
+
 class ApiError(Exception):
     """The API server refused a request."""
 
@@ -265,12 +269,20 @@ class Kube:
         subresource: str = "",
     ) -> Manifest:
         content_type = "application/json-patch+json" if json_patch else "application/merge-patch+json"
-        return await self._request(
-            "PATCH",
-            path_for(kind, namespace, name, subresource=subresource),
-            body=body,
-            content_type=content_type,
-        )
+        try:
+            return await self._request(
+                "PATCH",
+                path_for(kind, namespace, name, subresource=subresource),
+                body=body,
+                content_type=content_type,
+            )
+        except ApiError as error:
+            guarded = json_patch and any(op.get("op") == "test" for op in body)
+            if guarded and error.status == 422 and error.message == FAILED_PATCH_TEST:
+                # A failed "test" (the object changed since it was read) is a conflict like a stale
+                # resourceVersion in an update: the reconcile is repeated on a fresh read, not an error.
+                raise ApiError(409, "Conflict", f"{kind} {name} changed since it was read") from error
+            raise
 
     async def delete(self, kind: str, namespace: str | None, name: str, *, uid: str | None = None) -> None:
         body: Manifest = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}

@@ -90,6 +90,24 @@ class Metrics:
             ["namespace", "model"],
             registry=registry,
         )
+        self.observed_kv_tokens = Gauge(
+            "qmo_observed_kv_cache_tokens",
+            "KV-cache tokens per replica vLLM really allocated (its /metrics), beside qmo_plan_kv_cache_tokens",
+            ["namespace", "model"],
+            registry=registry,
+        )
+        self.plan_kv_error = Gauge(
+            "qmo_plan_kv_cache_error_percent",
+            "(observed - predicted) / predicted KV-cache tokens in percent; negative: fewer than planned",
+            ["namespace", "model"],
+            registry=registry,
+        )
+        self.replans = Counter(
+            "qmo_replans_total",
+            "Re-plans with more headroom after the plan's arguments failed to start, by reason",
+            ["reason"],
+            registry=registry,
+        )
 
     PHASES = ("Pending", "Planning", "Quantizing", "Deploying", "Ready", "Degraded", "Failed")
     ARTIFACT_PHASES = ("Pending", "Quantizing", "Ready", "Failed", "Evicting")
@@ -102,7 +120,13 @@ class Metrics:
         for candidate in self.PHASES:
             with contextlib.suppress(KeyError):
                 self.model_phase.remove(namespace, model, candidate)
-        for gauge in (self.plan_kv_tokens, self.plan_gpus, self.quality_gate_blocked):
+        for gauge in (
+            self.plan_kv_tokens,
+            self.plan_gpus,
+            self.quality_gate_blocked,
+            self.observed_kv_tokens,
+            self.plan_kv_error,
+        ):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, model)
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,7 +28,7 @@ from qmo.desired.artifact import (
     source_slug,
 )
 from qmo.desired.common import Manifest, Owner
-from qmo.desired.names import CACHE_CLAIM_NAME, artifact_name, serving_name
+from qmo.desired.names import CACHE_CLAIM_NAME, DESIRED_HASH_ANNOTATION, artifact_name, serving_name
 from qmo.desired.quality import gate_verdict, quality_thresholds
 from qmo.desired.serving import (
     build_network_policy,
@@ -43,6 +44,7 @@ from qmo.planner import PlanningError, ServingPlan, plan, predict_checkpoint_byt
 from qmo.reconcile.gpus import NodeShapes, ResolvedGPU, UnknownGPUClass, resolve_gpu
 from qmo.reconcile.jobs import unschedulable_message
 from qmo.reconcile.kube import ApiError, Kube, label_selector
+from qmo.reconcile.observe import PodMetricsScraper
 from qmo.reconcile.outcome import Event, Outcome, PermanentFailure, RetryLater, Waiting
 from qmo.reconcile.resolve import SourceResolver
 from qmo.reconcile.source import HubClient
@@ -54,11 +56,12 @@ from qmo.reconcile.status import (
     now_rfc3339,
     status_write,
 )
+from qmo.reconcile.verify import PlanVerifier
 
 log = logging.getLogger(__name__)
 
 GIB = 2**30
-HASH_ANNOTATION = "qmo.dev/desired-hash"
+HASH_ANNOTATION = DESIRED_HASH_ANNOTATION
 
 
 def desired_hash(manifest: Mapping[str, Any]) -> str:
@@ -95,6 +98,7 @@ def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> Pla
         max_concurrency=round(serving_plan.max_concurrency, 2),
         checkpoint_bytes=serving_plan.checkpoint_bytes,
         vllm_args=serving_args(serving_plan.vllm_args, method),
+        gpu_memory_utilization=serving_plan.gpu_memory_utilization,
     )
 
 
@@ -106,8 +110,9 @@ def serving_selector(model: str) -> str:
 class ModelReconciler:
     """Reconciles QuantizedModels. One instance per operator; no state a restart would lose."""
 
-    def __init__(self, kube: Kube, hub: HubClient) -> None:
+    def __init__(self, kube: Kube, hub: HubClient, scraper: PodMetricsScraper | None = None) -> None:
         self.kube = kube
+        self.verifier = PlanVerifier(kube, scraper or PodMetricsScraper())
         self.sources = SourceResolver(kube, hub)
         self.node_shapes = NodeShapes(kube)
 
@@ -117,11 +122,20 @@ class ModelReconciler:
         old_status: dict[str, Any] = dict(body.get("status") or {})
         generation = meta.get("generation")
         now = now_rfc3339()
+        replanned = old_status
+        decided: list[Event] = []
         try:
             status, events = await self._decide_and_apply(body, old_status, now)
+            if status.get("replan") not in (None, old_status.get("replan")):
+                # The plan's arguments did not start: plan again with the headroom and apply that now.
+                replanned = {**old_status, "replan": status["replan"]}
+                decided = [e for e in events if e.reason == "Replanned"]
+                status, events = await self._decide_and_apply(body, replanned, now)
+                events = [*decided, *events]
         except PermanentFailure as failure:
-            status = self._failed_status(old_status, failure, generation, now)
-            events = [Event("Warning", failure.reason, failure.message)]
+            # A re-plan that does not fit fails with it recorded, or the next reconcile would try again.
+            status = self._failed_status(replanned, failure, generation, now)
+            events = [*decided, Event("Warning", failure.reason, failure.message)]
         except Waiting as waiting:
             status = {k: v for k, v in old_status.items() if k not in ("conditions", "phase", "message")}
             status.update(
@@ -164,6 +178,7 @@ class ModelReconciler:
             "ready",
             "selector",
             "endpoint",
+            "replan",
         )
         status = {k: v for k, v in old.items() if k in kept}
         failed_stage = "WeightsReady" if failure.reason == "QuantizationFailed" else "Planned"
@@ -202,8 +217,13 @@ class ModelReconciler:
             gpu = await resolve_gpu(self.kube, spec.serving.gpu_class, self.node_shapes)
         except UnknownGPUClass as error:
             raise PermanentFailure("UnknownGPUClass", str(error)) from error
+        request = plan_request(spec)
+        replan = old.get("replan") or {}
+        if replan.get("generation") == generation:
+            # The one re-plan after the plan's arguments failed to start (desired.verification).
+            request = replace(request, gpu_memory_utilization=float(replan["gpuMemoryUtilization"]))
         try:
-            serving_plan = plan(config, plan_request(spec), gpu.spec)
+            serving_plan = plan(config, request, gpu.spec)
         except PlanningError as error:
             raise PermanentFailure("InvalidModelConfig", str(error)) from error
         except (ArithmeticError, LookupError, TypeError, ValueError) as error:
@@ -300,6 +320,26 @@ class ModelReconciler:
         status.update(replicas=replicas, readyReplicas=ready, ready=f"{ready}/{spec.serving.replicas}")
         if deployment is not None:
             status["endpoint"] = endpoint_url(model=name, namespace=namespace)
+        pods = None
+        if servable and not rolled and deployment is not None:
+            pods = await self.kube.list("Pod", namespace, label_selector=serving_selector(name))
+        verification = await self.verifier.verify(
+            namespace=namespace,
+            model=name,
+            old=old,
+            planned=planned,
+            deployment=deployment,
+            rolled=rolled and servable,
+            ready=ready,
+            pods=pods,
+            generation=generation,
+            now=now,
+        )
+        if verification.observed is not None:
+            status["plan"]["observed"] = verification.observed
+        if verification.replan is not None:
+            status["replan"] = verification.replan
+        events.extend(verification.events)
 
         if not weights_ready:
             phase = "Quantizing"
@@ -315,6 +355,9 @@ class ModelReconciler:
         elif rolled:
             phase = "Ready"
             message = f"serving on {planned.tensor_parallel_size}x {gpu.spec.name} per replica"
+        elif verification.degraded:
+            phase = "Degraded"
+            message = verification.message
         elif rollout_reason == "ProgressDeadlineExceeded" or (
             # Every replica runs the current template yet some are not ready: lost, not rolling.
             old.get("phase") in ("Ready", "Degraded") and updated >= spec.serving.replicas > ready
@@ -324,12 +367,10 @@ class ModelReconciler:
         else:
             phase = "Deploying"
             message = f"{ready}/{spec.serving.replicas} replicas ready ({rollout_reason})"
-        if servable and not rolled and deployment is not None:
+        if pods is not None and not verification.degraded:
             # A pod no node can take stays Pending without a word in the Deployment: say why, or an SRE
             # sees "RollingOut" forever. (Cluster autoscalers act on the same condition, so not Failed.)
-            waiting = unschedulable_message(
-                await self.kube.list("Pod", namespace, label_selector=serving_selector(name))
-            )
+            waiting = unschedulable_message(pods)
             if waiting is not None:
                 message = f"{ready}/{spec.serving.replicas} replicas ready (Unschedulable: {waiting})"
         status["phase"] = phase
@@ -379,6 +420,15 @@ class ModelReconciler:
                 status=ready > 0 or (rolled and spec.serving.replicas == 0),
                 reason=rollout_reason,
                 message=f"{ready}/{spec.serving.replicas} replicas ready",
+                generation=generation,
+                now=now,
+            ),
+            condition(
+                previous_conditions,
+                type_="PlanVerified",
+                status=verification.status,
+                reason=verification.reason,
+                message=verification.message,
                 generation=generation,
                 now=now,
             ),

@@ -28,6 +28,11 @@ EXIT_CODE_ANNOTATION = "qmo.dev/sandbox-exit-code"
 START_DELAY_ANNOTATION = "qmo.dev/sandbox-start-delay"
 RUN_DURATION_ANNOTATION = "qmo.dev/sandbox-run-duration"
 TERMINATION_MESSAGE_ANNOTATION = "qmo.dev/sandbox-termination-message"
+# The reason a crash-looping container's last run ended with (default Error), e.g. OOMKilled.
+EXIT_REASON_ANNOTATION = "qmo.dev/sandbox-exit-reason"
+# The pod's IP instead of one from kwok's range: a loopback address where a test serves what the pod
+# would (vLLM's /metrics), so the operator reaches "the pod" exactly as in a cluster.
+POD_IP_ANNOTATION = "qmo.dev/sandbox-pod-ip"
 
 NOT_DELETING = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
 RUNNING = {"key": ".status.phase", "operator": "In", "values": ["Running"]}
@@ -137,8 +142,9 @@ initContainerStatuses:
       startedAt: {{ $now | Quote }}
 {{ end }}
 hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
-podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) \
-( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+{{ $ip := "" }}{{ with .metadata.annotations }}{{ $ip = or (index . "qmo.dev/sandbox-pod-ip") "" }}{{ end }}
+podIP: {{ or $ip ( PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) \
+( or .metadata.name "" ) ( or .metadata.namespace "" ) ) | Quote }}
 phase: Running
 startTime: {{ $now | Quote }}
 """
@@ -206,8 +212,8 @@ containerStatuses:
     terminated:
 """
     + f"      exitCode: {EXIT_CODE}\n"
+    + f'      reason: {{{{ or (index $.metadata.annotations "{EXIT_REASON_ANNOTATION}") "Error" }}}}\n'
     + """\
-      reason: Error
       finishedAt: {{ $now | Quote }}
       startedAt: {{ $now | Quote }}
   state:

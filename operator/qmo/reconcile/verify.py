@@ -1,0 +1,195 @@
+"""Check the plan against the running vLLM: observed KV tokens, and one re-plan after a failed start.
+
+The decisions are pure (``desired.verification``); this module gathers what they need (the serving pods,
+their ``/metrics``) only when a decision is due, and shapes the result for status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qmo.api.quantizedmodel import PlanStatus
+from qmo.desired.names import DESIRED_HASH_ANNOTATION
+from qmo.desired.serving import selector_labels
+from qmo.desired.verification import (
+    MISMATCH_PERCENT,
+    kv_error_percent,
+    observation_due,
+    plan_matches,
+    replanned_utilization,
+    startup_failure,
+)
+from qmo.reconcile.kube import Kube, label_selector
+from qmo.reconcile.observe import PodMetricsScraper
+from qmo.reconcile.outcome import Event
+
+SERVING_CONTAINER = "vllm"
+
+
+@dataclass
+class Verification:
+    status: bool | None
+    reason: str
+    message: str
+    observed: dict[str, Any] | None = None
+    """status.plan.observed (wire spelling), or None before any observation of this template."""
+    replan: dict[str, Any] | None = None
+    """status.replan while it applies to this generation."""
+    replanned_now: bool = False
+    """This reconcile decided the re-plan: plan again and apply before writing status."""
+    degraded: bool = False
+    """The plan's arguments do not start and nothing is left to try."""
+    events: list[Event] = field(default_factory=list)
+
+
+def deployment_hash(deployment: Mapping[str, Any] | None) -> str:
+    return str(
+        ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(DESIRED_HASH_ANNOTATION, "")
+    )
+
+
+def container_args(deployment: Mapping[str, Any] | None) -> list[str]:
+    for container in (
+        (deployment or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    ):
+        if container.get("name") == SERVING_CONTAINER:
+            return list(container.get("args") or [])
+    return []
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def observation(
+    caches: Mapping[str, Any], errors: Mapping[str, str], *, predicted: int, revision: str, now: str
+) -> dict[str, Any]:
+    observed: dict[str, Any] = {"pods": len(caches), "scrapedAt": now, "revision": revision}
+    if caches:
+        smallest = min(caches.values(), key=lambda cache: cache.tokens)
+        observed.update(
+            kvCacheTokens=smallest.tokens,
+            kvCacheBlocks=smallest.blocks,
+            blockSize=smallest.block_size,
+            errorPercent=kv_error_percent(predicted=predicted, observed=smallest.tokens),
+        )
+    if errors:
+        observed["error"] = "; ".join(f"{pod}: {why}" for pod, why in sorted(errors.items()))[:1000]
+    return observed
+
+
+class PlanVerifier:
+    def __init__(self, kube: Kube, scraper: PodMetricsScraper) -> None:
+        self.kube = kube
+        self.scraper = scraper
+
+    async def verify(
+        self,
+        *,
+        namespace: str,
+        model: str,
+        old: Mapping[str, Any],
+        planned: PlanStatus,
+        deployment: Mapping[str, Any] | None,
+        rolled: bool,
+        ready: int,
+        pods: Sequence[Mapping[str, Any]] | None,
+        generation: int | None,
+        now: str,
+    ) -> Verification:
+        """``pods``: the serving pods when the caller listed them already (None: list them if needed)."""
+        current = deployment_hash(deployment)
+        old_observed = (old.get("plan") or {}).get("observed")
+        observed = (
+            old_observed if old_observed and old_observed["revision"].split("/")[0] == current else None
+        )
+        replan = old.get("replan") if (old.get("replan") or {}).get("generation") == generation else None
+        args = container_args(deployment)
+        if deployment is not None and rolled:
+            revision = f"{current}/{ready}"
+            if observation_due(observed, revision=revision, now=now):
+                if pods is None:
+                    pods = await self.kube.list(
+                        "Pod", namespace, label_selector=label_selector(selector_labels(model))
+                    )
+                running = [
+                    p
+                    for p in pods
+                    if _ready(p)
+                    and any(c.get("args") == args for c in p.get("spec", {}).get("containers", []))
+                ]
+                scrape = await self.scraper.scrape(running)
+                errors = (
+                    scrape.errors if running else {"pods": "no ready serving pod runs the current template"}
+                )
+                observed = observation(
+                    scrape.caches, errors, predicted=planned.kv_cache_tokens, revision=revision, now=now
+                )
+        result = self._judge(observed, planned)
+        result.observed, result.replan = observed, replan
+        previous: Mapping[str, Any] = next(
+            (c for c in old.get("conditions", []) if c.get("type") == "PlanVerified"), {}
+        )
+        if result.reason == "KVCacheMismatch" and previous.get("reason") != result.reason:
+            result.events.append(Event("Warning", "PlanMismatch", result.message))
+        started = observed is not None and observed.get("kvCacheTokens") is not None
+        if deployment is None or rolled or started or pods is None:
+            return result
+        # Not rolled out and never seen running under this template: did it fail to start?
+        failure = startup_failure(pods, container=SERVING_CONTAINER, args=args)
+        if failure is None:
+            return result
+        utilization = planned.gpu_memory_utilization or 0.9
+        lowered = None if replan is not None else replanned_utilization(utilization)
+        if lowered is not None:
+            result.replan = {
+                "generation": generation,
+                "reason": failure.reason,
+                "message": failure.describe(),
+                "fromGpuMemoryUtilization": utilization,
+                "gpuMemoryUtilization": lowered,
+                "at": now,
+            }
+            result.replanned_now = True
+            message = (
+                f"{failure.describe()}; re-planned once with --gpu-memory-utilization {lowered:g}"
+                f" (was {utilization:g})"
+            )
+            result.events.append(Event("Warning", "Replanned", message))
+            result.status, result.reason, result.message = False, "StartupFailed", message
+            return result
+        tried = (
+            f"even after the re-plan to --gpu-memory-utilization {utilization:g}"
+            if replan is not None
+            else f"at --gpu-memory-utilization {utilization:g}, which cannot go lower"
+        )
+        result.status, result.reason, result.degraded = False, "StartupFailed", True
+        result.message = (
+            f"{failure.describe()}; the plan's arguments do not start {tried}: lower"
+            " spec.serving.gpuMemoryUtilization, raise the container's memory limit, or choose a GPU class"
+            " with more memory"
+        )[:1000]
+        return result
+
+    @staticmethod
+    def _judge(observed: Mapping[str, Any] | None, planned: PlanStatus) -> Verification:
+        if observed is None:
+            return Verification(None, "NotObserved", "waiting for the serving pods to be ready")
+        tokens = observed.get("kvCacheTokens")
+        if tokens is None:
+            return Verification(
+                None, "ScrapeFailed", f"could not read vLLM's /metrics: {observed.get('error')}"
+            )
+        error = float(observed["errorPercent"])
+        figures = (
+            f"vLLM allocated {tokens} KV-cache tokens per replica, the plan predicted {planned.kv_cache_tokens}"
+            f" ({error:+g}%)"
+        )
+        if plan_matches(error):
+            return Verification(True, "Verified", figures)
+        return Verification(
+            False, "KVCacheMismatch", f"{figures}: more than the {MISMATCH_PERCENT:g}% a plan may be off"
+        )
