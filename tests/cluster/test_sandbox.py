@@ -1,21 +1,29 @@
 """The sandbox control plane is a real Kubernetes: scheduling, Jobs, admission, RBAC and GC all bite.
 
-Every test runs in its own namespace on the session's private control plane (see conftest.py). GPU pods
-use the L40S pool only, so the "only a node with two free GPUs" arithmetic is not disturbed by the other
-tests' pods.
+Every test runs in its own namespace on the session's private control plane (see conftest.py), except
+the ``qmo sandbox demo`` test, which needs a sandbox of its own (``private_sandbox``). GPU pods use the
+L40S pool only, so the "only a node with two free GPUs" arithmetic is not disturbed by the other tests'
+pods.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from qmo.sandbox import stages
+from qmo.sandbox import build, stages
+from qmo.sandbox.demo import DEMO_STEPS, install_qmo, run_demo
+from qmo.sandbox.local import Sandbox
 from qmo.sandbox.testing import GPU_TOLERATION, SessionCluster
+from qmo.sandbox.versions import CachePaths
 from qmo.sandbox.wait import wait_for
 
 IMAGE = "registry.k8s.io/pause:3.10"
@@ -290,3 +298,46 @@ def test_restarting_pod_marked_to_fail_crash_loops(admin_client: client.ApiClien
         timeout=30,
         description="a second restart after the back-off",
     )
+
+
+@pytest.fixture
+def private_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    """``qmo sandbox`` as the user runs it, but with its state under ``tmp_path``: never the user's sandbox.
+
+    Only ``bin/`` is shared (a link to the cached build); the sandbox directory, its lock and the demo's
+    files are this test's, and its processes die with the test process.
+    """
+    cache = CachePaths.default()
+    build.build(cache)
+    root = tmp_path / "qmo-cache"
+    root.mkdir()
+    (root / "bin").symlink_to(cache.bin_dir.parent, target_is_directory=True)
+    sandbox = Sandbox(CachePaths(root), ephemeral=True)
+    try:
+        yield sandbox
+    finally:
+        sandbox.control_plane.stop(remove=True)
+
+
+def test_demo_runs_whatever_state_the_sandbox_is_in(
+    private_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo` after `qmo sandbox up`, a second `make demo`, and one after the sandbox broke."""
+    _, fresh = private_sandbox.up()
+    assert fresh
+    assert run_demo(private_sandbox) == 0
+    assert "the sandbox was already running" in capsys.readouterr().out
+
+    assert run_demo(private_sandbox) == 0
+    assert "the sandbox was already running" in capsys.readouterr().out
+
+    # Broken: the demo starts a fresh sandbox. The steps up to the first that uses it are enough here;
+    # the operator's steps on a fresh sandbox ran above.
+    state = private_sandbox.control_plane.load_state()
+    assert state is not None
+    os.kill(state.pids["kube-apiserver"], signal.SIGKILL)
+    through_install = DEMO_STEPS[: [step.run for step in DEMO_STEPS].index(install_qmo) + 1]
+    assert run_demo(private_sandbox, steps=through_install) == 0
+    output = capsys.readouterr().out
+    assert "a previous sandbox is not healthy; removing it and starting fresh" in output
+    assert "started a fresh sandbox" in output

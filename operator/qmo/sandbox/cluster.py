@@ -299,6 +299,19 @@ class ControlPlane:
             return False
         return status == 200
 
+    def attach(self) -> bool:
+        """Adopt the healthy control plane ``state.json`` records, as if this process had started it.
+
+        ``qmo sandbox up``, ``demo`` and a second ``demo`` are separate processes: the one that finds the
+        sandbox running needs its ports (``state``) just as the one that started it. False, with nothing
+        adopted, when there is no record or what it records is not healthy.
+        """
+        self.state = self.load_state()
+        if self.state is not None and self.healthy():
+            return True
+        self.state = None
+        return False
+
     # Lifecycle.
     def start(self, *, timeout: float = 120.0, attempts: int = 3) -> float:
         """Start everything and wait until pods can be scheduled and run; return seconds to ready.

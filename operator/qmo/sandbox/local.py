@@ -20,13 +20,19 @@ from qmo.sandbox.versions import CachePaths
 
 
 class Sandbox:
-    def __init__(self, paths: CachePaths, *, fleet: list[nodes.NodeGroup] | None = None) -> None:
+    def __init__(
+        self, paths: CachePaths, *, fleet: list[nodes.NodeGroup] | None = None, ephemeral: bool = False
+    ) -> None:
         self.paths = paths
         self.fleet = fleet if fleet is not None else nodes.default_fleet()
+        # The user's sandbox outlives the command; a test's dies with the test process.
+        self.ephemeral = ephemeral
 
     @property
     def control_plane(self) -> ControlPlane:
-        return ControlPlane(self.paths.sandbox_dir, bin_dir=self.paths.bin_dir, fleet=self.fleet)
+        return ControlPlane(
+            self.paths.sandbox_dir, bin_dir=self.paths.bin_dir, fleet=self.fleet, ephemeral=self.ephemeral
+        )
 
     @property
     def kubeconfig(self) -> Path:
@@ -58,11 +64,12 @@ class Sandbox:
         return result
 
     def up(self, *, timeout: float = 120.0) -> tuple[ControlPlane, bool]:
-        """Start the sandbox unless it already runs; return it and whether it was started now."""
+        """Start the sandbox unless it already runs; return it, running (``state`` set), and whether it
+        was started now."""
         self.ensure_built()
         with self._lock():
             plane = self.control_plane
-            if plane.healthy():
+            if plane.attach():
                 return plane, False
             if plane.load_state() is not None:
                 print("a previous sandbox is not healthy; removing it and starting fresh")
@@ -79,7 +86,7 @@ class Sandbox:
     def up_command(self, *, timeout: float) -> int:
         started = time.monotonic()
         plane, fresh = self.up(timeout=timeout)
-        state = plane.state or plane.load_state()
+        state = plane.state
         if fresh and state is not None:
             print(
                 f"sandbox ready in {time.monotonic() - started:.1f} s (control plane {state.ready_seconds:.1f} s)"
