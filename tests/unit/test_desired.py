@@ -11,6 +11,7 @@ import yaml
 
 from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
 from qmo.api.quantizedmodel import ModelSource, NetworkPolicySpec, PlanStatus, QuantizationSpec, parse_spec
+from qmo.api.versions import DEFAULT_VLLM_CPU_IMAGE
 from qmo.commands import quantize as quantize_command
 from qmo.desired.artifact import (
     artifact_recipe,
@@ -251,6 +252,41 @@ def test_evict_job_removes_exactly_the_artifact_paths() -> None:
     job = build_evict_job(artifact=ARTIFACT_OWNER, namespace="ns", spec=spec)
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command == ["rm", "-rf", "--", f"/cache/{spec.key}", f"/cache/{spec.key}.partial"]
+
+
+def test_a_cpu_class_serves_from_the_cpu_image_on_host_memory_without_a_gpu() -> None:
+    serving = parse_spec(
+        {
+            "source": {"huggingface": {"repo": "a/b"}},
+            "quantization": {"method": "gptq"},
+            "serving": {"gpuClass": "cpu", "resources": {"requests": {"cpu": "1500m"}}},
+        }
+    ).serving
+    cpu_plan = PLAN.model_copy(update={"gpu_memory_gib": 3.5, "tensor_parallel_size": 1})
+    placement = Placement(device="cpu", node_selector={"qmo.dev/node": "cpu"})
+    deployment = build_serving_deployment(
+        model="tiny",
+        namespace="ns",
+        owner=OWNER,
+        serving=serving,
+        plan=cpu_plan,
+        artifact_key="ab" * 32,
+        artifact_path="ab" * 32,
+        placement=placement,
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == DEFAULT_VLLM_CPU_IMAGE
+    assert container["resources"] == {"requests": {"cpu": "1500m", "memory": "3584Mi"}}
+    assert pod["nodeSelector"] == {"qmo.dev/node": "cpu"}
+    job = artifact_spec().job.model_copy(
+        update={"gpus": 0, "device": "cpu", "node_selector": {"qmo.dev/node": "cpu"}}
+    )
+    job_pod = build_quantize_job(
+        artifact=ARTIFACT_OWNER, namespace="ns", spec=artifact_spec().model_copy(update={"job": job})
+    )["spec"]["template"]["spec"]
+    assert job_pod["nodeSelector"] == {"qmo.dev/node": "cpu"}
+    assert "nvidia.com/gpu" not in json.dumps(job_pod["containers"][0].get("resources", {}))
 
 
 def test_serving_deployment_golden_and_planned_args() -> None:

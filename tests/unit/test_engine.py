@@ -13,10 +13,11 @@ import yaml
 
 from qmo.api.versions import DEFAULT_VLLM_IMAGE, VLLM_VERSION
 from qmo.cli import main
-from qmo.commands.serve import ServeError, read_model, served_name
+from qmo.commands.serve import ServeError, cpu_device, read_model, served_name
 from qmo.desired.serving import cpu_engine_command, vllm_serve_args
 from qmo.engine.install import ENGINE_DISTRIBUTION, engine_key, lock_file
 from qmo.engine.server import error_line, private_tmp_base
+from qmo.planner import PlanRequest, plan
 
 REPO = Path(__file__).parents[2]
 PLAN_ARGS = [
@@ -55,44 +56,37 @@ def test_the_lock_pins_every_package_with_a_hash() -> None:
     assert "+cpu" not in text
 
 
-def test_cpu_engine_runs_the_deployments_args_with_the_planned_kv_pool() -> None:
+def test_a_cpu_plan_passes_the_exact_kv_pool_and_the_engine_runs_its_args() -> None:
+    config = json.loads((Path(__file__).parent / "configs" / "llama-3.1-8b.json").read_text())
+    plan_result = plan(config, PlanRequest(max_model_len=512, quantization="awq"), cpu_device(16.0))
+    assert f"--kv-cache-memory-bytes={plan_result.kv_cache_bytes_per_gpu}" in plan_result.vllm_args
+    assert not any(a.startswith("--gpu-memory-utilization") for a in plan_result.vllm_args)
     command = cpu_engine_command(
         model_path="/m",
         served_model_name="tiny",
         host="127.0.0.1",
         port=8011,
-        plan_args=PLAN_ARGS,
-        kv_cache_bytes=776_519_680,
+        plan_args=plan_result.vllm_args,
         extra_args=["--enforce-eager"],
     )
-    gpu = vllm_serve_args(
+    deployment = vllm_serve_args(
         model_path="/m",
         served_model_name="tiny",
         host="127.0.0.1",
         port=8011,
-        plan_args=PLAN_ARGS,
+        plan_args=plan_result.vllm_args,
         extra_args=["--enforce-eager"],
     )
-    assert command.args[:3] == ("-m", "vllm.entrypoints.openai.api_server", "--model=/m")
-    # Everything else is the Deployment's argv, but the memory share becomes the exact pool.
-    expected = [a for a in gpu[1:] if not a.startswith("--gpu-memory-utilization")]
-    expected.insert(expected.index("--enforce-eager"), "--kv-cache-memory-bytes=776519680")
-    assert list(command.args[3:]) == expected
+    # The Deployment's argv exactly, behind the wheel's entrypoint.
+    assert command.args == ("-m", "vllm.entrypoints.openai.api_server", "--model=/m", *deployment[1:])
     assert command.args[-1] == "--enforce-eager"  # the user's extras still come last
     assert "VLLM_CPU_KVCACHE_SPACE" in command.unset_env
     assert ("HF_HUB_OFFLINE", "1") in command.env
 
 
-def test_the_two_token_spelling_of_the_memory_share_is_dropped_too() -> None:
-    command = cpu_engine_command(
-        model_path="/m",
-        served_model_name="x",
-        host="h",
-        port=1,
-        plan_args=["--gpu-memory-utilization", "0.5", "--dtype=bfloat16"],
-        kv_cache_bytes=1,
-    )
-    assert "0.5" not in command.args and "--gpu-memory-utilization" not in command.args
+def test_the_cpu_engine_refuses_a_gpu_plan() -> None:
+    with pytest.raises(ValueError, match="CPU plan"):
+        cpu_engine_command(model_path="/m", served_model_name="x", host="h", port=1, plan_args=PLAN_ARGS)
 
 
 def test_vllms_own_reason_is_found_in_its_log() -> None:

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from qmo.api.gpuclass import GPUClassSpec
 from qmo.desired.common import Placement
-from qmo.reconcile.gpus import NodeShapes, largest_node_gpus, resolve_gpu
+from qmo.reconcile.gpus import NodeShapes, from_gpu_class, largest_node_gpus, resolve_gpu
 from qmo.reconcile.jobs import unschedulable_message
 from qmo.reconcile.kube import ApiError
 
@@ -159,3 +160,11 @@ def test_resolve_gpu_caps_gpus_per_node_at_the_nodes(
     resolved = asyncio.run(resolve_gpu(kube, "l4", NodeShapes(kube)))  # type: ignore[arg-type]
     assert resolved.spec.gpus_per_node == expected
     assert kube.selectors == ["pool=l4" if gpu_class else "nvidia.com/gpu.product=NVIDIA-L4"]
+
+
+def test_a_cpu_class_is_one_process_per_replica_on_host_memory() -> None:
+    spec = GPUClassSpec.model_validate({"memoryGiB": 4, "gpusPerNode": 8, "fp8": True, "device": "cpu"})
+    resolved = from_gpu_class("cpu", spec)
+    assert (resolved.spec.device, resolved.spec.gpus_per_node, resolved.spec.fp8) == ("cpu", 1, False)
+    assert resolved.placement.device == "cpu"
+    assert resolved.placement.merged({"extra": "1"}, []).device == "cpu"

@@ -25,6 +25,8 @@ class ArtifactJobSpec(ApiModel):
     """GPUs the quantize pod requests (0 for copy-only methods)."""
     gpu_resource_name: str = "nvidia.com/gpu"
     """Extended resource name of the GPUs."""
+    device: Literal["gpu", "cpu"] = "gpu"
+    """cpu: the model's GPUClass is a CPU class; the Job runs on its nodes without a GPU."""
     resources: PassThroughObject | None = None
     """CPU/memory for the quantize container."""
     node_selector: dict[str, str] = Field(default_factory=dict)

@@ -17,7 +17,12 @@ class GPUClassSpec(ApiModel):
     gpus_per_node: int = Field(default=8, ge=1, le=64)
     """GPUs on one node: the largest tensor-parallel size a replica may use."""
     resource_name: str = "nvidia.com/gpu"
-    """Extended resource that pods request."""
+    """Extended resource that pods request (not used by device cpu)."""
+    device: Literal["gpu", "cpu"] = "gpu"
+    """cpu: vLLM's CPU backend on the class's nodes. memoryGiB is then the host memory one replica may use
+    (its pods request it as memory), one replica is one process (gpusPerNode and fp8 are ignored), the KV
+    pool is passed to vLLM as --kv-cache-memory-bytes, the image defaults to vLLM's CPU image, and
+    quantize Jobs run on these nodes without a GPU."""
     fp8: bool = False
     """Hardware fp8 support (Hopper, Ada, Blackwell, MI300): allows fp8 KV cache and fp8 weights."""
     interconnect: Literal["nvlink", "pcie", "xgmi"] = "pcie"

@@ -159,7 +159,9 @@ def served_name(model: LocalModel, name: str | None) -> str:
 
 def cpu_device(memory_gib: float) -> GPUSpec:
     """The host as the planner's device: one 'GPU' of ``memory_gib``, no fp8 KV, no tensor parallelism."""
-    return GPUSpec(name="cpu", memory_gib=memory_gib, gpus_per_node=1, fp8=False, interconnect="none")
+    return GPUSpec(
+        name="cpu", memory_gib=memory_gib, gpus_per_node=1, fp8=False, interconnect="none", device="cpu"
+    )
 
 
 def pick_engine(requested: str) -> str:
@@ -204,7 +206,6 @@ def engine_command(
             host=host,
             port=port,
             plan_args=plan_args,
-            kv_cache_bytes=result.kv_cache_bytes_per_gpu,
             extra_args=extra,
         )
     serve = vllm_serve_args(

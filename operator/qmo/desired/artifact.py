@@ -351,7 +351,7 @@ def build_quantize_job(*, artifact: Owner, namespace: str, spec: ModelArtifactSp
         backoff_limit=job.backoff_limit,
         deadline=job.active_deadline_seconds,
         pod_annotations=job.pod_annotations,
-        gpu_placement=job if job.gpus > 0 else None,
+        gpu_placement=job if job.gpus > 0 or job.device == "cpu" else None,
     )
 
 

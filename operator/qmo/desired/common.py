@@ -30,10 +30,13 @@ class Placement:
     resource_name: str = "nvidia.com/gpu"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[Manifest, ...] = ()
+    device: str = "gpu"
+    """gpu, or cpu (the GPUClass's device): no GPU is requested."""
 
     def merged(self, node_selector: dict[str, str], tolerations: list[Manifest]) -> Placement:
         extra = tuple(t for t in tolerations if t not in self.tolerations)
         return Placement(
+            device=self.device,
             resource_name=self.resource_name,
             node_selector={**self.node_selector, **node_selector},
             tolerations=self.tolerations + extra,

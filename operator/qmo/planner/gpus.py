@@ -24,8 +24,13 @@ class GPUSpec:
     fp8: bool
     """Hardware fp8 (Hopper, Ada, Blackwell, MI300): allows an fp8 KV cache and fp8 weights."""
     interconnect: str = "nvlink"
+    device: str = "gpu"
+    """gpu, or cpu: vLLM's CPU backend, where memory_gib is the host memory one replica may use and the KV
+    pool is passed as bytes (``--kv-cache-memory-bytes``), since vLLM reads utilization as a share of RAM."""
 
     def __post_init__(self) -> None:
+        if self.device not in ("gpu", "cpu"):
+            raise PlanningError(f"GPU {self.name!r}: device must be gpu or cpu, got {self.device!r}")
         if not self.memory_gib > 0:
             raise PlanningError(f"GPU {self.name!r}: memory_gib must be positive, got {self.memory_gib}")
         if self.gpus_per_node < 1:

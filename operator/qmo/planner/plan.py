@@ -230,8 +230,14 @@ def _evaluate(
 
 
 def _vllm_args(
-    s: _Setting, fmt: WeightFormat, request: PlanRequest, max_len: int, batched: int
+    s: _Setting, fmt: WeightFormat, request: PlanRequest, gpu: GPUSpec, max_len: int, batched: int
 ) -> tuple[str, ...]:
+    # On CPU vLLM reads the utilization as a share of all host RAM: the planned pool goes in as bytes.
+    memory = (
+        f"--kv-cache-memory-bytes={s.kv_bytes}"
+        if gpu.device == "cpu"
+        else f"--gpu-memory-utilization={request.gpu_memory_utilization:g}"
+    )
     args = [
         f"--tensor-parallel-size={s.tp}",
         f"--dtype={s.dtype}",
@@ -239,7 +245,7 @@ def _vllm_args(
         f"--max-model-len={max_len}",
         f"--max-num-seqs={request.max_num_seqs}",
         f"--max-num-batched-tokens={batched}",
-        f"--gpu-memory-utilization={request.gpu_memory_utilization:g}",
+        memory,
         f"--block-size={BLOCK_SIZE}",
     ]
     if fmt.vllm_quantization:
@@ -286,7 +292,7 @@ def _to_plan(
         kv_bytes_per_token=s.kv_bytes_per_token,
         checkpoint_bytes=checkpoint_bytes(arch, fmt),
         param_count=arch.param_count,
-        vllm_args=_vllm_args(s, fmt, request, max_len, batched),
+        vllm_args=_vllm_args(s, fmt, request, gpu, max_len, batched),
     )
 
 

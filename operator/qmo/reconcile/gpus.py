@@ -49,11 +49,14 @@ def from_gpu_class(name: str, spec: GPUClassSpec) -> ResolvedGPU:
         spec=GPUSpec(
             name=name,
             memory_gib=spec.memory_gib,
-            gpus_per_node=spec.gpus_per_node,
-            fp8=spec.fp8,
+            # One replica is one CPU process: no tensor parallelism, no fp8 KV cache.
+            gpus_per_node=1 if spec.device == "cpu" else spec.gpus_per_node,
+            fp8=spec.fp8 and spec.device == "gpu",
             interconnect=spec.interconnect,
+            device=spec.device,
         ),
         placement=Placement(
+            device=spec.device,
             resource_name=spec.resource_name,
             node_selector=dict(spec.node_selector),
             tolerations=tuple(spec.tolerations),

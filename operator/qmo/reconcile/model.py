@@ -260,8 +260,9 @@ class ModelReconciler:
                 evaluation=spec.quantization.evaluation,
                 job=ArtifactJobSpec(
                     image=spec.quantize_job.image,
-                    gpus=0 if recipe.method in ("none", "prequantized") else 1,
+                    gpus=0 if recipe.method in ("none", "prequantized") or gpu.spec.device == "cpu" else 1,
                     gpu_resource_name=gpu.placement.resource_name,
+                    device="cpu" if gpu.spec.device == "cpu" else "gpu",
                     resources=spec.quantize_job.resources,
                     node_selector={**gpu.placement.node_selector, **spec.quantize_job.node_selector},
                     tolerations=[*gpu.placement.tolerations, *spec.quantize_job.tolerations],
