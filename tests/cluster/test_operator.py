@@ -51,7 +51,7 @@ def test_model_goes_ready_with_the_planned_children(k: Kube) -> None:
         # The sandbox's fake quantize Job reports no quality figures: not measured, so not blocked.
         "QualityGate": "Unknown",
         "Available": "True",
-        # kwok's pods serve no /metrics: what vLLM allocated cannot be read (tests/cluster/test_plan_verification.py).
+        # kwok's pods serve no /metrics: what vLLM allocated cannot be read (tests/cluster/test_plan_verification_on_cluster.py).
         "PlanVerified": "Unknown",
     }
 

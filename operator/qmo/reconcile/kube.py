@@ -35,6 +35,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "PersistentVolume": ("persistentvolumes", False),
     "Node": ("nodes", False),
     "Secret": ("secrets", True),
+    "ConfigMap": ("configmaps", True),
 }
 API_VERSIONS: dict[str, str] = {
     "QuantizedModel": "qmo.dev/v1alpha1",
@@ -50,6 +51,7 @@ API_VERSIONS: dict[str, str] = {
     "PersistentVolume": "v1",
     "Node": "v1",
     "Secret": "v1",
+    "ConfigMap": "v1",
 }
 
 
@@ -238,8 +240,11 @@ class Kube:
                 return None
             raise
 
-    async def list(self, kind: str, namespace: str | None, *, label_selector: str = "") -> list[Manifest]:
-        params = {"labelSelector": label_selector} if label_selector else None
+    async def list(
+        self, kind: str, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
+    ) -> list[Manifest]:
+        selectors = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        params = {key: value for key, value in selectors.items() if value} or None
         result = await self._request("GET", path_for(kind, namespace), params=params)
         return list(result.get("items", []))
 
@@ -284,10 +289,14 @@ class Kube:
                 raise ApiError(409, "Conflict", f"{kind} {name} changed since it was read") from error
             raise
 
-    async def delete(self, kind: str, namespace: str | None, name: str, *, uid: str | None = None) -> None:
+    async def delete(
+        self, kind: str, namespace: str | None, name: str, *, uid: str | None = None, grace: int | None = None
+    ) -> None:
         body: Manifest = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if uid is not None:
             body["preconditions"] = {"uid": uid}
+        if grace is not None:
+            body["gracePeriodSeconds"] = grace
         try:
             await self._request("DELETE", path_for(kind, namespace, name), body=body)
         except ApiError as error:
