@@ -134,3 +134,19 @@ def quantize_with_qmo(source: Path, method: str, out: Path) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"qmo quantize --method {method} failed:\n{result.stderr[-3000:]}")
     return out
+
+
+def build_tiny_llama_in_subprocess(directory: Path, *, seed: int = 0, vocab_size: int | None = None) -> Path:
+    """``build_tiny_llama`` in a fresh interpreter, for tests whose own process must not import torch."""
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+        "from tiny_models import build_tiny_llama;"
+        "build_tiny_llama(Path(sys.argv[2]), seed=int(sys.argv[3]), vocab_size=int(sys.argv[4]) or None)"
+    )
+    arguments = [str(Path(__file__).parent), str(directory), str(seed), str(vocab_size or 0)]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *arguments], capture_output=True, text=True, timeout=300, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"building a tiny Llama in {directory} failed:\n{result.stderr[-3000:]}")
+    return directory
