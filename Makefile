@@ -51,8 +51,9 @@ test-serving: vllm
 test-cluster: sandbox-build
 	$(PY) -m pytest tests/cluster
 
-# The operator's main job on the local sandbox: fake GPU nodes, an example QuantizedModel going to Ready.
-demo: sandbox-build
+# The operator's main job on the local sandbox: fake GPU nodes plus a real CPU node; example QuantizedModels
+# going to Ready, the tiny one really quantized and served by vLLM, ending with its answer.
+demo: sandbox-build vllm
 	$(PY) -m qmo sandbox demo
 
 clean:

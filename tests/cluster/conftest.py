@@ -117,6 +117,8 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     log_dir = tmp_path_factory.mktemp("operator")
     install_crds(cluster)
+    # Jobs on the real node download from the stand-in, as the operator does.
+    cluster.plane.set_node_env({"HF_ENDPOINT": hub.url})
     with provisioner(cluster, log_dir):
         # Only the namespaces the ``namespace`` fixture makes: the chart tests run operators of their own
         # (the chart's ServiceAccount, HA replicas) in qmo-chart-* namespaces, which this one must not touch.

@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from qmo.sandbox import build, stages
-from qmo.sandbox.demo import DEMO_STEPS, install_qmo, run_demo
+from qmo.sandbox.demo import DEMO_STEPS, TINY_PROMPT, TINY_TIMEOUT_S, install_qmo, run_demo
 from qmo.sandbox.local import Sandbox
 from qmo.sandbox.testing import GPU_TOLERATION, SessionCluster
 from qmo.sandbox.versions import CachePaths
@@ -304,7 +304,7 @@ def test_restarting_pod_marked_to_fail_crash_loops(admin_client: client.ApiClien
 def private_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     """``qmo sandbox`` as the user runs it, but with its state under ``tmp_path``: never the user's sandbox.
 
-    Only ``bin/`` is shared (a link to the cached build); the sandbox directory, its lock and the demo's
+    Only ``bin/`` and ``engines/`` are shared (links to the cached builds); the sandbox directory, its lock and the demo's
     files are this test's, and its processes die with the test process.
     """
     cache = CachePaths.default()
@@ -312,6 +312,7 @@ def private_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     root = tmp_path / "qmo-cache"
     root.mkdir()
     (root / "bin").symlink_to(cache.bin_dir.parent, target_is_directory=True)
+    (root / "engines").symlink_to(cache.root / "engines", target_is_directory=True)  # the vLLM CPU engine
     sandbox = Sandbox(CachePaths(root), ephemeral=True)
     try:
         yield sandbox
@@ -325,11 +326,17 @@ def test_demo_runs_whatever_state_the_sandbox_is_in(
     """`make demo` after `qmo sandbox up`, a second `make demo`, and one after the sandbox broke."""
     _, fresh = private_sandbox.up()
     assert fresh
-    assert run_demo(private_sandbox) == 0
-    assert "the sandbox was already running" in capsys.readouterr().out
+    # The whole demo, real node included: it ends with the tiny model's answer from a real vLLM.
+    assert run_demo(private_sandbox, timeout=TINY_TIMEOUT_S) == 0
+    first = capsys.readouterr().out
+    assert "the sandbox was already running" in first
+    answer = next(line for line in first.splitlines() if line.startswith(f"{TINY_PROMPT} ->"))
+    assert answer.removeprefix(f"{TINY_PROMPT} ->").strip()
 
+    # Again: everything is there already (the model stays Ready, vLLM keeps serving).
     assert run_demo(private_sandbox) == 0
-    assert "the sandbox was already running" in capsys.readouterr().out
+    second = capsys.readouterr().out
+    assert "the sandbox was already running" in second and f"{TINY_PROMPT} ->" in second
 
     # Broken: the demo starts a fresh sandbox. The steps up to the first that uses it are enough here;
     # the operator's steps on a fresh sandbox ran above.

@@ -11,10 +11,12 @@ import argparse
 import sys
 
 from qmo.sandbox import build, nodes
+from qmo.sandbox.ask import AskError, ask, container_log
 from qmo.sandbox.local import Sandbox
+from qmo.sandbox.testing import SessionCluster
 from qmo.sandbox.versions import CachePaths
 
-ACTIONS = ("build", "up", "down", "status", "kubeconfig", "env", "demo")
+ACTIONS = ("build", "up", "down", "status", "kubeconfig", "env", "demo", "ask", "logs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"or ${nodes.FLEET_ENV}); known GPUs: {', '.join(sorted(nodes.GPU_TYPES))}",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds `up` waits for readiness")
+    parser.add_argument(
+        "words",
+        nargs="*",
+        metavar="ARG",
+        help="ask: NAME PROMPT (a QuantizedModel); logs: POD (on the real node)",
+    )
+    parser.add_argument("-n", "--namespace", default="default", help="ask, logs: the namespace")
+    parser.add_argument(
+        "-c", "--container", default=None, help="logs: the container (when the pod has several)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=16, help="ask: tokens to generate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,9 +64,44 @@ def run(args: argparse.Namespace) -> int:
             return sandbox.kubeconfig_command()
         if action == "env":
             return sandbox.env_command()
+        if action in ("ask", "logs"):
+            return node_command(sandbox, args)
         from qmo.sandbox.demo import run_demo
 
         return run_demo(sandbox, timeout=args.timeout)
-    except build.BuildError as error:
+    except (build.BuildError, AskError) as error:
         print(f"qmo sandbox: {error}", file=sys.stderr)
         return 1
+
+
+def node_command(sandbox: Sandbox, args: argparse.Namespace) -> int:
+    """``ask NAME PROMPT`` and ``logs POD`` against the running sandbox (never starts one)."""
+    expected = 2 if args.action == "ask" else 1
+    if len(args.words) != expected:
+        usage = (
+            "ask NAME PROMPT [-n NAMESPACE]"
+            if args.action == "ask"
+            else "logs POD [-n NAMESPACE] [-c CONTAINER]"
+        )
+        print(f"usage: qmo sandbox {usage}", file=sys.stderr)
+        return 2
+    plane = sandbox.control_plane
+    if args.action == "logs":
+        print(
+            container_log(
+                plane.node_dir, args.words[0], namespace=args.namespace, container=args.container
+            ).read_text(errors="replace"),
+            end="",
+        )
+        return 0
+    if not plane.attach():
+        raise AskError("the sandbox is not running (`qmo sandbox up`, or `make demo`)")
+    answer = ask(
+        SessionCluster.of(plane, sandbox.paths.bin_dir),
+        args.words[0],
+        args.words[1],
+        namespace=args.namespace,
+        max_tokens=args.max_tokens,
+    )
+    print(answer.text.strip())
+    return 0

@@ -20,6 +20,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from qmo.sandbox import nodes, pki, stages
+from qmo.sandbox import kubelet, nodes, pki, stages
 from qmo.sandbox.wait import StopWaiting, WaitTimeout, wait_for
 
 # Controllers the sandbox needs: Jobs and garbage collection for the operator, namespace and service-account
@@ -73,7 +74,9 @@ ADMISSION_PLUGINS = (
 # TaintNodesByCondition puts node.kubernetes.io/not-ready on every new node and leaves its removal to the
 # node-lifecycle controller, which the sandbox does not run (see CONTROLLERS).
 DISABLED_ADMISSION_PLUGINS = ("TaintNodesByCondition",)
-PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubelet")
+# The real node's kubelet is qmo's own (qmo.sandbox.kubelet), run by this Python, not a binary in bin_dir.
+KUBELET_MODULE = "qmo.sandbox.kubelet"
 STATE_FILE = "state.json"
 # Every write once it completed: who, verb, object, subresource, and for qmo's own kinds the request body
 # (which field a write changed). Reads are not logged.
@@ -157,7 +160,8 @@ def process_alive(pid: int, bin_dir: str) -> bool:
     except OSError:
         return False
     state = stat.rpartition(")")[2].split()[0]
-    return state != "Z" and cmdline.startswith(bin_dir.encode())
+    ours = cmdline.startswith(bin_dir.encode()) or f"\0-m\0{KUBELET_MODULE}\0".encode() in cmdline
+    return state != "Z" and ours
 
 
 def kubeconfig(
@@ -356,10 +360,17 @@ class ControlPlane:
             self._spawn("kube-scheduler", self._scheduler_args(ports))
             self._spawn("kwok", self._kwok_args())
             self._create_nodes(api)
+            self._spawn("kubelet", self._kubelet_args())
             self._wait("kube-scheduler", lambda: _https_ok(ports.scheduler), timeout)
             self._wait("kube-controller-manager", lambda: _https_ok(ports.controller_manager), timeout)
             expected = sum(group.nodes for group in self.fleet)
             self._wait("kwok", lambda: self._ready_nodes(api) == expected, timeout, what="fake nodes Ready")
+            self._wait(
+                "kubelet",
+                lambda: api.request("GET", f"/api/v1/nodes/{kubelet.NODE_NAME}")[0] == 200,
+                timeout,
+                what="the real node",
+            )
             self._wait(
                 "kube-controller-manager",
                 lambda: api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
@@ -433,9 +444,10 @@ class ControlPlane:
     def _spawn(self, name: str, args: list[str]) -> None:
         assert self.state is not None
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it from here
+        executable = sys.executable if args[0] == "-m" else str(self.bin_dir / args[0])
         try:
             process = subprocess.Popen(
-                [str(self.bin_dir / args[0]), *args[1:]],
+                [executable, *(args if args[0] == "-m" else args[1:])],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -514,6 +526,19 @@ class ControlPlane:
         (self.directory / "kwok.yaml").write_text(stages.kwok_config_yaml(self.timings))
         if self.audit_writes:
             (self.directory / "audit-policy.yaml").write_text(AUDIT_WRITES_POLICY)
+
+    @property
+    def node_dir(self) -> Path:
+        """The real node's pods (their directories and logs) and volumes."""
+        return self.directory / "node"
+
+    def set_node_env(self, env: dict[str, str]) -> None:
+        """Environment every container on the real node gets from now on (e.g. HF_ENDPOINT)."""
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        (self.node_dir / kubelet.NODE_ENV_FILE).write_text(json.dumps(env))
+
+    def _kubelet_args(self) -> list[str]:
+        return ["-m", KUBELET_MODULE, "--kubeconfig", str(self.kubeconfig), "--state-dir", str(self.node_dir)]
 
     def _etcd_args(self, ports: Ports) -> list[str]:
         client, peer = f"http://127.0.0.1:{ports.etcd}", f"http://127.0.0.1:{ports.etcd_peer}"

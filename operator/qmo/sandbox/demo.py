@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qmo.sandbox import kubelet
+from qmo.sandbox.ask import AskError, ask
 from qmo.sandbox.cluster import ControlPlane
 from qmo.sandbox.harness import (
     EXAMPLES,
@@ -26,7 +28,8 @@ from qmo.sandbox.harness import (
 )
 from qmo.sandbox.local import Sandbox
 from qmo.sandbox.testing import SessionCluster
-from qmo.sandbox.wait import wait_for
+from qmo.sandbox.tiny_model import build_in_subprocess
+from qmo.sandbox.wait import WaitTimeout, wait_for
 
 
 @dataclass
@@ -38,6 +41,7 @@ class DemoContext:
     # Processes the demo runs beside the sandbox (hub stand-in, provisioner, operator); closed at the end.
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     plane: ControlPlane | None = None
+    hub: HubStandIn | None = None
 
     def session(self) -> SessionCluster:
         assert self.plane is not None
@@ -103,6 +107,7 @@ def start_operator(context: DemoContext) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     hub = context.resources.enter_context(HubStandIn())
     hub.add("meta-llama/Llama-3.1-8B-Instruct", example_config(), sha=DEMO_SHA)
+    context.hub = hub
     context.resources.enter_context(provisioner(session, directory))
     operator = OperatorProcess(session, hub.url, directory, resync_seconds=10)
     operator.start()
@@ -118,23 +123,32 @@ def apply_model(context: DemoContext) -> None:
     context.kubectl("apply", "-f", str(EXAMPLES / "quantizedmodel.yaml"))
 
 
-def watch_until_ready(context: DemoContext) -> None:
+def watch_phase(context: DemoContext, name: str, *, timeout: float) -> None:
+    """Print each phase the QuantizedModel passes through until it is Ready."""
     session = context.session()
     seen: list[str] = []
 
     def ready() -> bool:
         result = session.kubectl(
-            "get", "qm", DEMO_MODEL, "-n", "demo", "-o", "jsonpath={.status.phase}", check=False
+            "get", "qm", name, "-n", "demo", "-o", "jsonpath={.status.phase}", check=False
         )
         phase = result.stdout.strip()
         if phase and (not seen or seen[-1] != phase):
             seen.append(phase)
             print(f"  phase: {phase}", flush=True)
+        if phase == "Failed" or (phase == "Degraded" and "Ready" not in seen):
+            # Failed, or held before it ever served (a quality gate, a start that fails): neither ends
+            # without a change to the spec.
+            jsonpath = "jsonpath={.status.message}"
+            message = session.kubectl("get", "qm", name, "-n", "demo", "-o", jsonpath).stdout
+            raise AssertionError(f"QuantizedModel {name} is {phase}: {message}")
         return phase == "Ready"
 
-    wait_for(
-        ready, timeout=context.timeout, interval=0.5, description=f"QuantizedModel {DEMO_MODEL} to be Ready"
-    )
+    wait_for(ready, timeout=timeout, interval=0.5, description=f"QuantizedModel {name} to be Ready")
+
+
+def watch_until_ready(context: DemoContext) -> None:
+    watch_phase(context, DEMO_MODEL, timeout=context.timeout)
     context.kubectl("get", "qm,ma", "-n", "demo")
 
 
@@ -153,6 +167,37 @@ def show_what_it_made(context: DemoContext) -> None:
     print(f"endpoint: {model['status']['endpoint']}")
 
 
+TINY_MODEL = "tiny-llama"
+TINY_REPO = "qmo-sandbox/tiny-llama"
+TINY_SHA = "5e1f0a7c3b9d2e4f6a8c0b1d3e5f7a9c2b4d6e8f"
+TINY_PROMPT = "the quick brown fox"
+# Quantizing on CPU, then vLLM's CPU engine loading and warming up, on 2 cores.
+TINY_TIMEOUT_S = 600.0
+
+
+def tiny_model_on_the_real_node(context: DemoContext) -> None:
+    """A tiny random Llama (made here once, offered by the hub stand-in) on the cpu class: the quantize Job
+    and vLLM really run, as processes of the sandbox's real node."""
+    assert context.plane is not None and context.hub is not None
+    source = context.sandbox.paths.root / "sandbox" / "demo" / "tiny-llama"
+    if not (source / "config.json").is_file():
+        print(f"making a tiny random Llama in {source}", flush=True)
+        build_in_subprocess(source)
+    context.hub.add_directory(TINY_REPO, source, sha=TINY_SHA)
+    context.plane.set_node_env({"HF_ENDPOINT": context.hub.url})
+    context.kubectl("get", "node", kubelet.NODE_NAME, "-o", "wide")
+    print((EXAMPLES / "tiny-llama.yaml").read_text())
+    context.kubectl("apply", "-f", str(EXAMPLES / "tiny-llama.yaml"))
+    watch_phase(context, TINY_MODEL, timeout=max(context.timeout, TINY_TIMEOUT_S))
+    context.kubectl("get", "qm,ma,pods", "-n", "demo", "-o", "wide")
+
+
+def ask_the_model(context: DemoContext) -> None:
+    answer = ask(context.session(), TINY_MODEL, TINY_PROMPT, namespace="demo")
+    print(f"$ qmo sandbox ask {TINY_MODEL} {TINY_PROMPT!r} -n demo   (pod {answer.pod}, {answer.url})")
+    print(f"{TINY_PROMPT} ->{answer.text}")
+
+
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("Build (or reuse) the pinned control plane and start the sandbox", bring_up),
     DemoStep("The API server is a real Kubernetes", show_versions),
@@ -165,6 +210,11 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("Apply a QuantizedModel", apply_model),
     DemoStep("Plan -> quantize Job -> vLLM Deployment, until Ready", watch_until_ready),
     DemoStep("What the operator created, and the plan it chose", show_what_it_made),
+    DemoStep(
+        "A tiny model on the real node: really quantized, really served by vLLM on CPU",
+        tiny_model_on_the_real_node,
+    ),
+    DemoStep("Ask it", ask_the_model),
 ]
 
 
@@ -176,7 +226,7 @@ def run_demo(sandbox: Sandbox, *, timeout: float = 120.0, steps: list[DemoStep] 
             print(f"\n== {number}/{len(chosen)} {step.title}", flush=True)
             try:
                 step.run(context)
-            except (subprocess.CalledProcessError, AssertionError) as error:
+            except (subprocess.CalledProcessError, AssertionError, AskError, WaitTimeout) as error:
                 print(f"demo step failed: {error}", file=sys.stderr)
                 return 1
     print("\nThe sandbox keeps running. Use it with:")
