@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from qmo.sandbox import kubelet
-from qmo.sandbox.ask import ask
+from qmo.sandbox.ask import ask, container_log
 from qmo.sandbox.harness import EXAMPLES, HubStandIn
 from qmo.sandbox.testing import Kube, SessionCluster
 from qmo.sandbox.wait import wait_for
@@ -142,7 +142,7 @@ def test_a_tiny_model_is_really_quantized_served_restarted_and_stopped(
 
 
 def test_a_worker_that_fails_gives_a_failed_job_and_its_own_message(
-    k: Kube, tiny_repo: str, cpu_class: None
+    k: Kube, cluster: SessionCluster, tiny_repo: str, cpu_class: None
 ) -> None:
     k.apply(
         tiny_model(
@@ -158,3 +158,6 @@ def test_a_worker_that_fails_gives_a_failed_job_and_its_own_message(
     [worker] = k.list("pods", f"job-name={job['metadata']['name']}")
     terminated = worker["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] != 0 and "no-such-dataset" in terminated["message"]
+    # Its whole output stays readable (qmo sandbox logs POD -n NAMESPACE).
+    log = container_log(cluster.plane.node_dir, worker["metadata"]["name"], namespace=k.namespace)
+    assert "no-such-dataset" in log.read_text()
