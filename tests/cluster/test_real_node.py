@@ -158,6 +158,8 @@ def test_a_worker_that_fails_gives_a_failed_job_and_its_own_message(
     [worker] = k.list("pods", f"job-name={job['metadata']['name']}")
     terminated = worker["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] != 0 and "no-such-dataset" in terminated["message"]
-    # Its whole output stays readable (qmo sandbox logs POD -n NAMESPACE).
+    # Its whole output stays readable: kubectl logs (through the API server) and qmo sandbox logs (files).
+    logs = cluster.kubectl("logs", worker["metadata"]["name"], "-n", k.namespace).stdout
+    assert "no-such-dataset" in logs
     log = container_log(cluster.plane.node_dir, worker["metadata"]["name"], namespace=k.namespace)
-    assert "no-such-dataset" in log.read_text()
+    assert log.read_text() == logs

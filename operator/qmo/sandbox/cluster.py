@@ -538,7 +538,19 @@ class ControlPlane:
         (self.node_dir / kubelet.NODE_ENV_FILE).write_text(json.dumps(env))
 
     def _kubelet_args(self) -> list[str]:
-        return ["-m", KUBELET_MODULE, "--kubeconfig", str(self.kubeconfig), "--state-dir", str(self.node_dir)]
+        return [
+            "-m",
+            KUBELET_MODULE,
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--state-dir",
+            str(self.node_dir),
+            # The API server's own serving pair serves kubectl logs (it checks no kubelet certificate).
+            "--tls-cert",
+            str(self.pki.serving_cert),
+            "--tls-key",
+            str(self.pki.serving_key),
+        ]
 
     def _etcd_args(self, ports: Ports) -> list[str]:
         client, peer = f"http://127.0.0.1:{ports.etcd}", f"http://127.0.0.1:{ports.etcd_peer}"

@@ -25,12 +25,14 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from qmo.reconcile.kube import ApiError, Kube, Manifest, load_credentials
 from qmo.sandbox.pods import (
@@ -75,6 +77,7 @@ class ProcessKubelet:
         self.environments = environments
         self.extra_env = dict(extra_env)
         self.pods: dict[str, PodRun] = {}
+        self.logs_port = 0  # the HTTPS port the API server proxies `kubectl logs` to (serve_logs)
         self._next_ip = 0
 
     # --- the node -------------------------------------------------------------------------------------
@@ -100,9 +103,10 @@ class ProcessKubelet:
             "capacity": CAPACITY,
             "allocatable": CAPACITY,
             "addresses": [
+                # No Hostname address: the API server would prefer it for kubectl logs, and no DNS knows it.
                 {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": NODE_NAME},
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.logs_port}},
             "conditions": [
                 {
                     "type": "Ready",
@@ -563,11 +567,44 @@ def engine_python_or_none() -> Path | None:
         return None
 
 
+async def serve_logs(kubelet: ProcessKubelet, cert: str, key: str) -> web.AppRunner:
+    """kubelet's ``/containerLogs/{namespace}/{pod}/{container}``, which ``kubectl logs`` reaches through the
+    API server (it does not verify kubelet certificates here: no --kubelet-certificate-authority)."""
+
+    async def container_logs(request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        runs = sorted(
+            (kubelet.state_dir / "pods").glob(f"{info['namespace']}_{info['pod']}_*"),
+            key=lambda path: path.stat().st_mtime,
+        )
+        path = runs[-1] / f"{info['container']}.log" if runs else None
+        if path is None or not path.is_file():
+            raise web.HTTPNotFound(text=f"no logs of container {info['container']} in pod {info['pod']}")
+        text = path.read_bytes()
+        if request.query.get("tailLines", "").isdigit():
+            text = b"".join(text.splitlines(keepends=True)[-int(request.query["tailLines"]) :])
+        if request.query.get("limitBytes", "").isdigit():
+            text = text[: int(request.query["limitBytes"])]
+        return web.Response(body=text, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", container_logs)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    kubelet.logs_port = int(runner.addresses[0][1])
+    return runner
+
+
 async def _main(args: argparse.Namespace) -> None:
     kube = Kube(load_credentials(args.kubeconfig))
     environments = Environments(worker_bin=Path(sys.executable).parent, engine_python=engine_python_or_none())
     extra_env = dict(item.split("=", 1) for item in args.env)
     kubelet = ProcessKubelet(kube, Path(args.state_dir).resolve(), environments, extra_env)
+    logs = await serve_logs(kubelet, args.tls_cert, args.tls_key) if args.tls_cert else None
     reaped = kubelet.reap_leftovers()
     if reaped:
         log.info("killed %d process groups a previous kubelet left", reaped)
@@ -579,6 +616,8 @@ async def _main(args: argparse.Namespace) -> None:
     await stop.wait()
     running.cancel()
     await kubelet.shutdown()
+    if logs is not None:
+        await logs.cleanup()
     await kube.close()
 
 
@@ -587,6 +626,8 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--state-dir", required=True, help="pod directories, logs and volumes live here")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE given to every container")
+    parser.add_argument("--tls-cert", help="serving certificate of the logs endpoint (kubectl logs)")
+    parser.add_argument("--tls-key", help="its key")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_main(args))
