@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from qmo.api.base import (
     DNS_SUBDOMAIN,
@@ -75,20 +75,24 @@ class ModelSource(ApiModel):
         return self
 
 
+# Calibration and evaluation texts come from one place: a dataset, a ConfigMap or a file on a claim.
+ONE_TEXT_SOURCE: ConfigDict = ApiModel.model_config | {
+    "json_schema_extra": {
+        "x-kubernetes-validations": [
+            {
+                "rule": "(has(self.dataset) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0)"
+                " + (has(self.pvc) ? 1 : 0) <= 1",
+                "message": "set at most one of dataset, configMapRef or pvc",
+            }
+        ]
+    }
+}
+
+
 class CalibrationSpec(ApiModel):
     """Calibration data for methods that need it (AWQ, GPTQ, W8A8). At most one data source is set."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "(has(self.dataset) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0)"
-                    " + (has(self.pvc) ? 1 : 0) <= 1",
-                    "message": "set at most one of dataset, configMapRef or pvc",
-                }
-            ]
-        }
-    }
+    model_config = ONE_TEXT_SOURCE
 
     dataset: str | None = Field(default=None, max_length=200)
     """A Hugging Face dataset id (default when nothing is set: the quantizer's built-in choice)."""
@@ -119,17 +123,7 @@ class EvaluationSpec(ApiModel):
     artifact share its figures. Use a text other than the calibration data, or the figures flatter.
     """
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "(has(self.dataset) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0)"
-                    " + (has(self.pvc) ? 1 : 0) <= 1",
-                    "message": "set at most one of dataset, configMapRef or pvc",
-                }
-            ]
-        }
-    }
+    model_config = ONE_TEXT_SOURCE
 
     enabled: bool = True
     """false skips the evaluation: the artifact has no figures, so a quality gate cannot judge it and
