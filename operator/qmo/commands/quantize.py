@@ -5,7 +5,8 @@ Flags are a contract with the operator (operator/qmo/desired/artifact.py builds 
 the recipe (``--backend --bits --group-size --symmetric/--asymmetric --act-order --dampening --ignore``) and
 calibration (``--calibration-dir | --calibration-jsonl | --calibration-dataset``, ``--calibration-samples``,
 ``--calibration-seq-len``) and evaluation (``--eval-dir | --eval-jsonl | --eval-dataset``, ``--eval-tokens``,
-``--no-eval``). Exit 0: done (or already done); 2: refused before any work; 1: failed.
+``--no-eval``). Exit 0: done (or already done); 2: refused before any work (a bad flag, a source without
+config.json or tokenizer); 1: failed.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def evaluation_texts(args: argparse.Namespace) -> tuple[Iterable[str] | None, st
 
 def run(args: argparse.Namespace) -> int:
     from qmo.quantizer.recipes import Recipe, RecipeError, validate
-    from qmo.quantizer.worker import Options, WorkerError
+    from qmo.quantizer.worker import Options, SourceError, WorkerError
     from qmo.quantizer.worker import run as run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         validate(recipe)
         summary = run_worker(options)
-    except RecipeError as error:
+    except (RecipeError, SourceError) as error:
         print(f"qmo quantize: {error}", file=sys.stderr)
         _fail(args.termination_log, str(error))
         return 2

@@ -26,9 +26,8 @@ from typing import Any
 from qmo.commands.plan import _positive_float, _positive_int, render_table
 from qmo.desired.serving import VLLM_ENV, EngineCommand, cpu_engine_command, serving_args, vllm_serve_args
 from qmo.planner import GPUSpec, PlanningError, PlanRequest, ServingPlan, gpu_by_name, plan
+from qmo.quantizer.worker import TOKENIZER_FILES_TEXT, has_tokenizer
 
-# Files any one of which lets vLLM build the tokenizer (fast, sentencepiece, BPE, tiktoken).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken")
 MANIFEST = "qmo-manifest.json"
 # The planner's device on CPU: weights, overheads and the KV pool must fit this much host memory.
 DEFAULT_CPU_MEMORY_GIB = 4.0
@@ -118,14 +117,14 @@ def read_model(directory: Path, tokenizer: Path | None) -> LocalModel:
         raise ServeError(f"{config_file} is not valid JSON: {error}") from None
     if not isinstance(config, dict):
         raise ServeError(f"{config_file} must hold a JSON object")
-    if not any((directory / name).exists() for name in TOKENIZER_FILES):
+    if not has_tokenizer(directory):
         if tokenizer is None:
             raise ServeError(
-                f"MODEL_DIR {directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                f"MODEL_DIR {directory} has no tokenizer (none of {TOKENIZER_FILES_TEXT}); copy the "
                 "source model's tokenizer files beside config.json, or pass --tokenizer DIR"
             )
-        if not any((tokenizer / name).exists() for name in TOKENIZER_FILES):
-            raise ServeError(f"--tokenizer {tokenizer} has none of {', '.join(TOKENIZER_FILES)}")
+        if not has_tokenizer(tokenizer):
+            raise ServeError(f"--tokenizer {tokenizer} has none of {TOKENIZER_FILES_TEXT}")
     return LocalModel(directory.resolve(), config, _method(directory, config))
 
 

@@ -101,23 +101,92 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
     return dict(manifest)
 
 
+# Enough for transformers' AutoTokenizer: any one of these sets (fast JSON, SentencePiece, byte-level BPE,
+# WordPiece, T5's SentencePiece, Mistral's tekken), or a *.tiktoken file.
+TOKENIZER_FILE_SETS: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+    ("spiece.model",),
+    ("tekken.json",),
+)
+TOKENIZER_FILES_TEXT = ", ".join(" + ".join(names) for names in TOKENIZER_FILE_SETS) + " or a *.tiktoken file"
+# What the Job downloads from the hub: config and tokenizer first (a few kB), the weights only once they check out.
+HUB_METADATA_PATTERNS = ("*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*")
+
+
+class SourceError(WorkerError):
+    """The source lacks something the run needs; found before any heavy work (exit 2, like a bad flag)."""
+
+
+def has_tokenizer(directory: Path) -> bool:
+    if any(all((directory / name).is_file() for name in names) for names in TOKENIZER_FILE_SETS):
+        return True
+    return any(directory.glob("*.tiktoken"))
+
+
+def missing_tokenizer_message(directory: Path, *, origin: str, remedy: str) -> str:
+    """What is missing, what is there, and how to provide it, for a source with no tokenizer."""
+    present = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    return (
+        f"{origin} has no tokenizer: none of {TOKENIZER_FILES_TEXT} is there (it holds {', '.join(present) or 'nothing'}). "
+        f"Quantizing needs the tokenizer of the model the weights came from, and vLLM serves with it: {remedy}"
+    )
+
+
+def check_tokenizer(directory: Path, options: Options, *, origin: str, remedy: str) -> None:
+    """Refuse a source without a tokenizer before loading anything; a copy-only method only warns (vLLM
+    may get ``--tokenizer`` from spec.serving.extraArgs)."""
+    if has_tokenizer(directory):
+        return
+    message = missing_tokenizer_message(directory, origin=origin, remedy=remedy)
+    if options.recipe.method in COPY_ONLY:
+        log.warning("%s", message)
+        return
+    raise SourceError(message)
+
+
 def resolve_source(options: Options) -> Path:
     if options.source is not None:
         if not (options.source / "config.json").is_file():
-            raise WorkerError(f"--source {options.source}: no config.json there")
+            raise SourceError(f"--source {options.source}: no config.json there")
+        check_tokenizer(
+            options.source,
+            options,
+            origin=f"--source {options.source}",
+            remedy="copy its tokenizer files (tokenizer.json, tokenizer_config.json) from the base model's"
+            ' repository into that directory, or save them there with python -c "from transformers import'
+            f" AutoTokenizer; AutoTokenizer.from_pretrained('BASE_MODEL').save_pretrained('{options.source}')\"",
+        )
         return options.source
     if not options.hf_repo:
         raise RecipeError("give --source PATH or --hf-repo REPO (with --revision SHA)")
     from huggingface_hub import snapshot_download
 
-    # The token comes from the environment (the Secret the Job mounts); it is never logged or recorded.
-    path = snapshot_download(
-        repo_id=options.hf_repo,
-        revision=options.revision or "main",
-        token=os.environ.get("HF_TOKEN") or None,
-        allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
+    def download(patterns: Iterable[str]) -> Path:
+        # The token comes from the environment (the Secret the Job mounts); it is never logged or recorded.
+        return Path(
+            snapshot_download(
+                repo_id=str(options.hf_repo),
+                revision=options.revision or "main",
+                token=os.environ.get("HF_TOKEN") or None,
+                allow_patterns=list(patterns),
+            )
+        )
+
+    origin = f"--hf-repo {options.hf_repo}@{options.revision or 'main'}"
+    metadata = download(HUB_METADATA_PATTERNS)
+    if not (metadata / "config.json").is_file():
+        raise SourceError(f"{origin}: no config.json there")
+    check_tokenizer(
+        metadata,
+        options,
+        origin=origin,
+        remedy="add the base model's tokenizer files (tokenizer.json, tokenizer_config.json) to the repository,"
+        " or use a repository that has them",
     )
-    return Path(path)
+    return download([*HUB_METADATA_PATTERNS, "*.safetensors"])
 
 
 def calibration_texts(options: Options) -> list[str]:
@@ -362,14 +431,14 @@ def run(options: Options) -> dict[str, Any]:
         from qmo.quantizer.legacy import require_legacy_backend
 
         require_legacy_backend(options.recipe.backend)
+    started = time.monotonic()
+    with _Timer(options.timings, "download"):
+        source = resolve_source(options)
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         log.info("removing %s left by an interrupted run", partial)
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    started = time.monotonic()
-    with _Timer(options.timings, "download"):
-        source = resolve_source(options)
     validation: dict[str, Any] | None = None
     if options.recipe.method in COPY_ONLY:
         with _Timer(options.timings, "copy"):
