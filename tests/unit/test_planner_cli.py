@@ -76,10 +76,8 @@ def test_table_shows_the_per_gpu_breakdown(capsys: pytest.CaptureFixture[str]) -
     ("args", "message"),
     [
         (["--config", "/no/such/config.json"], "--config"),
-        (["--config", LLAMA, "--gpu-class", "tpu-v5"], "--gpu-class"),
         (["--config", LLAMA, "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization"),
-        (["--config", LLAMA, "--max-model-len", "999999999"], "max_model_len"),
-        (["--config", LLAMA, "--gpu-class", "a100-80gb", "--kv-cache-dtype", "fp8"], "fp8"),
+        (["--config", LLAMA, "--calibration", "/no/such/records.json"], "--calibration"),
     ],
 )
 def test_bad_input_exits_2_naming_the_flag(
@@ -103,3 +101,76 @@ def test_argparse_rejects_bad_choices_with_2(capsys: pytest.CaptureFixture[str])
         main(["plan", "--config", LLAMA, "--tensor-parallel-size", "zero"])
     assert exit_info.value.code == 2
     assert "--tensor-parallel-size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "message"),
+    [
+        (["--tensor-parallel-size", "3"], "tensor_parallel_size", "not divisible by tensor-parallel-size 3"),
+        (["--tensor-parallel-size", "16"], "tensor_parallel_size", "exceeds the 8 GPUs per node"),
+        (["--max-model-len", "999999999"], "max_model_len", "max_position_embeddings 131072"),
+        (["--gpu-class", "tpu-v5"], "gpu_class", "unknown GPU class 'tpu-v5'"),
+        (["--quantization", "int3"], "quantization", "quantization 'int3' is not supported"),
+        (["--gpu-class", "a100-80gb", "--kv-cache-dtype", "fp8"], "kv_cache_dtype", "fp8 hardware"),
+        (
+            ["--max-num-seqs", "512", "--max-num-batched-tokens", "256"],
+            "max_num_batched_tokens",
+            "must be >=",
+        ),
+    ],
+)
+def test_every_refusal_is_json_on_stdout_with_exit_1(
+    capsys: pytest.CaptureFixture[str], args: list[str], field: str, message: str
+) -> None:
+    code, out, err = run(capsys, "--config", LLAMA, *args, "--output", "json")
+    data = json.loads(out)
+    assert code == 1 and err == ""
+    assert data["fits"] is False and data["field"] == field and message in data["reason"]
+    code, out, _ = run(capsys, "--config", LLAMA, *args)
+    assert code == 1 and out.startswith(f"qmo plan: REFUSED ({field})") and message in out
+
+
+def test_uncalibrated_vllm_is_said_in_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    image = ["--vllm-image", "vllm/vllm-openai:v0.30.0"]
+    code, out, _ = run(capsys, "--config", LLAMA, "--max-model-len", "8192", *image, "--output", "json")
+    data = json.loads(out)
+    assert code == 0 and data["calibration_warning"] == "uncalibrated for vLLM 0.30.0, using 0.25.1"
+    assert data["vllm_version"] == "0.30.0" and data["calibration_version"] == "0.25.1"
+    code, out, _ = run(capsys, "--config", LLAMA, "--max-model-len", "8192", *image)
+    assert code == 0 and "warning: uncalibrated for vLLM 0.30.0, using 0.25.1" in out
+    code, out, _ = run(capsys, "--config", LLAMA, "--max-model-len", "8192", "--output", "json")
+    assert json.loads(out)["calibration_warning"] is None
+
+
+def test_a_calibration_file_corrects_the_plan_and_shows_the_residual(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    base = ["--config", LLAMA, "--max-model-len", "8192", "--max-num-seqs", "256"]
+    _, out, _ = run(capsys, *base, "--max-num-batched-tokens", "8192", "--output", "json")
+    predicted = json.loads(out)["kv_cache_tokens"]
+    record = {
+        "gpu": "h100-80gb",
+        "vllm_version": "0.25.1",
+        "model": "meta-llama/Llama-3.1-8B",
+        "kv_cache_tokens": predicted - 512 * 16,
+        "tensor_parallel_size": 1,
+        "max_num_seqs": 256,
+        "max_num_batched_tokens": 8192,
+        "gpu_memory_utilization": 0.9,
+        "max_model_len": 8192,
+    }
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps({"records": [record]}))
+    calibrated = [*base, "--max-num-batched-tokens", "8192", "--calibration", str(path)]
+    name = ["--model-name", "meta-llama/Llama-3.1-8B"]
+    _, out, _ = run(capsys, *calibrated, *name, "--output", "json")
+    data = json.loads(out)
+    assert data["kv_cache_tokens"] == predicted - 512 * 16
+    assert data["calibration_residual_gib_per_gpu"] == pytest.approx(1.0, abs=1e-3)
+    _, out, _ = run(capsys, *calibrated, *name)
+    assert "calibration residual" in out and "1.00" in out
+    _, out, _ = run(capsys, *calibrated, "--model-name", "another/model", "--output", "json")
+    assert json.loads(out)["calibration_residual_gib_per_gpu"] is None
+    path.write_text(json.dumps({"records": [{"gpu": "h100-80gb"}]}))
+    code, _, err = run(capsys, *calibrated)
+    assert code == 2 and "records[0].vllm_version is mandatory" in err

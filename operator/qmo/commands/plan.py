@@ -1,6 +1,9 @@
 """``qmo plan``: plan GPU memory for a model's config.json and print the vLLM arguments.
 
-Exit status: 0 when it fits, 1 when it does not, 2 for bad input (the message names the flag or key).
+Exit status: 0 when it fits; 1 when it does not, or when the planner refuses the request (an illegal
+tensor-parallel size, max_model_len above the model's maximum, an unknown GPU class or quantization):
+``--output json`` then prints ``{"fits": false, "reason": ..., "field": ...}``; 2 for usage errors (bad
+flags, an unreadable or malformed config.json or calibration file), as text on stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from qmo.planner import GPUSpec, PlanningError, PlanRequest, ServingPlan, gpu_by_name, plan
+from qmo.planner.architecture import parse_architecture
+from qmo.planner.calibration import CalibrationRecord, load_records, select_record
 
 QUANTIZATIONS = ("none", "awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4", "bitsandbytes-nf4")
 
@@ -58,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--quantization",
-        choices=QUANTIZATIONS,
         default="none",
+        metavar="{" + ",".join(QUANTIZATIONS) + "}",
         help="quantization method (a quantization_config in the config wins: the model is pre-quantized)",
     )
     parser.add_argument("--bits", type=_positive_int, help="weight bits for awq/gptq (default 4)")
@@ -97,6 +102,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="{auto,N}",
         help="auto searches the smallest size that fits; N reports that configuration",
     )
+    parser.add_argument(
+        "--vllm-image",
+        help="the serving image; its tag selects the planner's calibration (default: the calibrated vLLM)",
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="a JSON file of observed KV pools (docs/planner.md); the record for this GPU class, vLLM "
+        "version and model corrects the plan",
+    )
+    parser.add_argument(
+        "--model-name",
+        help="the model a calibration record names (default: the config's _name_or_path, else its folder)",
+    )
     parser.add_argument("--output", choices=("table", "json"), default="table")
 
 
@@ -123,10 +142,7 @@ def _gpu(args: argparse.Namespace) -> GPUSpec:
             gpus_per_node=args.gpus_per_node or 8,
             fp8=bool(args.fp8),
         )
-    try:
-        base = gpu_by_name(args.gpu_class or "h100-80gb")
-    except PlanningError as error:
-        raise _UsageError(f"--gpu-class: {error}") from None
+    base = gpu_by_name(args.gpu_class or "h100-80gb")
     return GPUSpec(
         name=base.name,
         memory_gib=base.memory_gib,
@@ -136,14 +152,58 @@ def _gpu(args: argparse.Namespace) -> GPUSpec:
     )
 
 
+def _records(path: Path | None) -> tuple[CalibrationRecord, ...]:
+    if path is None:
+        return ()
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise _UsageError(f"--calibration: cannot read {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise _UsageError(f"--calibration: {path} is not valid JSON: {error}") from None
+    try:
+        return load_records(data)
+    except PlanningError as error:
+        raise _UsageError(f"--calibration: {path}: {error}") from None
+
+
+def _model_name(args: argparse.Namespace, config: dict[str, Any]) -> str:
+    if args.model_name:
+        return str(args.model_name)
+    name = config.get("_name_or_path")
+    if isinstance(name, str) and name:
+        return name
+    path: Path = args.config
+    return (path if path.is_dir() else path.parent).resolve().name
+
+
+def _refuse(args: argparse.Namespace, error: PlanningError) -> int:
+    """A request the planner refuses: exit 1, as JSON for tools or as text for people."""
+    if args.output == "json":
+        print(json.dumps({"fits": False, "reason": str(error), "field": error.field}, sort_keys=True))
+    else:
+        where = f" ({error.field})" if error.field else ""
+        print(f"qmo plan: REFUSED{where}\n  {error}")
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = _load_config(args.config)
-        gpu = _gpu(args)
+        records = _records(args.calibration)
         if args.gpu_memory_utilization > 1:
             raise _UsageError(
                 f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}"
             )
+        try:
+            parse_architecture(config)
+        except PlanningError as error:
+            raise _UsageError(f"--config: {error}") from None
+    except _UsageError as error:
+        print(f"qmo plan: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        gpu = _gpu(args)
         request = PlanRequest(
             quantization=args.quantization,
             bits=args.bits,
@@ -156,11 +216,14 @@ def run(args: argparse.Namespace) -> int:
             gpu_memory_utilization=args.gpu_memory_utilization,
             tensor_parallel_size=args.tensor_parallel_size,
             concurrency=args.concurrency,
+            vllm_image=args.vllm_image,
         )
-        result = plan(config, request, gpu)
-    except (_UsageError, PlanningError) as error:
-        print(f"qmo plan: error: {error}", file=sys.stderr)
-        return 2
+        record = select_record(
+            records, gpu=gpu.name, vllm_version=request.vllm_version, model=_model_name(args, config)
+        )
+        result = plan(config, request, gpu, record=record)
+    except PlanningError as error:
+        return _refuse(args, error)
     if args.output == "json":
         print(json.dumps(result.to_dict(), sort_keys=True))
     else:
@@ -184,6 +247,8 @@ def render_table(result: ServingPlan) -> str:
     lines = [f"qmo plan: {verdict}"]
     if result.reason:
         lines.append(f"  {result.reason}")
+    if result.calibration_warning:
+        lines.append(f"  warning: {result.calibration_warning}")
     width = max(len(name) for name, _ in rows)
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
     used = (
@@ -205,7 +270,14 @@ def render_table(result: ServingPlan) -> str:
         ("KV cache", result.kv_cache_gib_per_gpu),
     ):
         lines.append(f"    {name:<22} {value:7.2f}")
+    residual = result.calibration_residual_gib_per_gpu
+    if residual is not None:
+        used += residual
+        lines.append(f"    {'calibration residual':<22} {residual:7.2f}")
     lines.append(f"    {'total':<22} {used:7.2f}")
+    terms = ", ".join(f"{name} {value:.2f}" for name, value in result.overhead_terms_gib.items())
+    lines.append(f"  activations = the profile run's peak, max({terms})")
+    lines.append(f"  calibration: vLLM {result.calibration_version} (planned for vLLM {result.vllm_version})")
     lines.append("")
     lines.append("  vllm serve <model> " + " ".join(result.vllm_args))
     return "\n".join(lines)

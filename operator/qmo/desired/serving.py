@@ -65,6 +65,7 @@ def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
         if serving.tensor_parallel_size == "auto"
         else int(serving.tensor_parallel_size),
         concurrency=serving.concurrency,
+        vllm_image=serving.image,
     )
 
 

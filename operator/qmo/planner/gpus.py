@@ -63,4 +63,6 @@ def gpu_by_name(name: str) -> GPUSpec:
     key = name.strip().lower()
     if key in BUILTIN_GPUS:
         return BUILTIN_GPUS[key]
-    raise PlanningError(f"unknown GPU class {name!r}; known: {', '.join(sorted(BUILTIN_GPUS))}")
+    raise PlanningError(
+        f"unknown GPU class {name!r}; known: {', '.join(sorted(BUILTIN_GPUS))}", field="gpu_class"
+    )

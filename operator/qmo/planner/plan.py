@@ -15,6 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from qmo.planner.architecture import Architecture, parse_architecture
+from qmo.planner.calibration import (
+    CALIBRATED_VERSION,
+    Calibration,
+    CalibrationRecord,
+    calibration_for,
+    vllm_version_of_image,
+)
 from qmo.planner.errors import PlanningError
 from qmo.planner.gpus import GPUSpec
 from qmo.planner.kvcache import BLOCK_SIZE, KV_CACHE_DTYPES, kv_capacity, kv_layout
@@ -49,6 +56,15 @@ class PlanRequest:
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int | None = None
     concurrency: int | None = None
+    vllm_image: str | None = None
+    """The serving image; its tag selects the calibration (None: the calibrated version)."""
+
+    @property
+    def vllm_version(self) -> str:
+        """The vLLM version the plan is for: the image's tag, or the calibrated version."""
+        if self.vllm_image is None:
+            return CALIBRATED_VERSION
+        return vllm_version_of_image(self.vllm_image) or self.vllm_image
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,16 @@ class ServingPlan:
     checkpoint_bytes: int
     param_count: int
     vllm_args: tuple[str, ...]
+    vllm_version: str = CALIBRATED_VERSION
+    """The vLLM version planned for (the serving image's tag)."""
+    calibration_version: str = CALIBRATED_VERSION
+    """The vLLM version whose measured constants the overheads use."""
+    calibration_warning: str | None = None
+    """Set when the two differ: ``uncalibrated for vLLM X, using 0.25.1``."""
+    calibration_residual_gib_per_gpu: float | None = None
+    """The residual a calibration record removed (observed minus predicted non-KV memory; None: no record)."""
+    overhead_terms_gib: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Each overhead term before the profile peak's max(): forward, sampler, floor (see overheads.py)."""
 
     @property
     def gpus(self) -> int:
@@ -93,6 +119,7 @@ class ServingPlan:
         data = dataclasses.asdict(self)
         data["gpus"] = self.gpus
         data["vllm_args"] = list(self.vllm_args)
+        data["overhead_terms_gib"] = dict(self.overhead_terms_gib)
         return data
 
 
@@ -115,6 +142,8 @@ class _Setting:
     activation: int
     non_torch: int
     cudagraph: int
+    residual: int
+    terms: tuple[tuple[str, int], ...]
     budget: int
     kv_bytes: int
     blocks: int
@@ -127,7 +156,7 @@ class _Setting:
 
     @property
     def non_kv(self) -> int:
-        return self.weights + self.activation + self.non_torch + self.cudagraph
+        return self.weights + self.activation + self.non_torch + self.cudagraph + self.residual
 
     def needed_bytes(self, requests: int) -> int:
         return self.non_kv + (requests * self.blocks_per_request + 1) * self.block_bytes
@@ -136,32 +165,44 @@ class _Setting:
 def _validate(request: PlanRequest, arch: Architecture) -> int:
     if request.quantization not in METHODS:
         raise PlanningError(
-            f"quantization {request.quantization!r} is not supported; supported: {', '.join(METHODS)}"
+            f"quantization {request.quantization!r} is not supported; supported: {', '.join(METHODS)}",
+            field="quantization",
         )
     if request.kv_cache_dtype not in KV_CACHE_DTYPES:
         raise PlanningError(
-            f"kv_cache_dtype {request.kv_cache_dtype!r} is not supported; supported: {', '.join(KV_CACHE_DTYPES)}"
+            f"kv_cache_dtype {request.kv_cache_dtype!r} is not supported; supported: {', '.join(KV_CACHE_DTYPES)}",
+            field="kv_cache_dtype",
         )
     if request.dtype not in DTYPES:
-        raise PlanningError(f"dtype {request.dtype!r} is not supported; supported: {', '.join(DTYPES)}")
+        raise PlanningError(
+            f"dtype {request.dtype!r} is not supported; supported: {', '.join(DTYPES)}", field="dtype"
+        )
     if not 0 < request.gpu_memory_utilization <= 1:
-        raise PlanningError(f"gpu_memory_utilization must be in (0, 1], got {request.gpu_memory_utilization}")
+        raise PlanningError(
+            f"gpu_memory_utilization must be in (0, 1], got {request.gpu_memory_utilization}",
+            field="gpu_memory_utilization",
+        )
     if request.max_num_seqs < 1:
-        raise PlanningError(f"max_num_seqs must be >= 1, got {request.max_num_seqs}")
+        raise PlanningError(f"max_num_seqs must be >= 1, got {request.max_num_seqs}", field="max_num_seqs")
     if request.concurrency is not None and request.concurrency < 1:
-        raise PlanningError(f"concurrency must be >= 1, got {request.concurrency}")
+        raise PlanningError(f"concurrency must be >= 1, got {request.concurrency}", field="concurrency")
     if request.tensor_parallel_size is not None and request.tensor_parallel_size < 1:
-        raise PlanningError(f"tensor_parallel_size must be >= 1, got {request.tensor_parallel_size}")
+        raise PlanningError(
+            f"tensor_parallel_size must be >= 1, got {request.tensor_parallel_size}",
+            field="tensor_parallel_size",
+        )
     max_len = arch.max_position_embeddings if request.max_model_len is None else request.max_model_len
     if max_len < 1:
-        raise PlanningError(f"max_model_len must be >= 1, got {max_len}")
+        raise PlanningError(f"max_model_len must be >= 1, got {max_len}", field="max_model_len")
     if max_len > arch.max_position_embeddings:
         raise PlanningError(
-            f"max_model_len {max_len} exceeds the model's max_position_embeddings {arch.max_position_embeddings}"
+            f"max_model_len {max_len} exceeds the model's max_position_embeddings {arch.max_position_embeddings}",
+            field="max_model_len",
         )
     if request.max_num_batched_tokens is not None and request.max_num_batched_tokens < request.max_num_seqs:
         raise PlanningError(
-            f"max_num_batched_tokens ({request.max_num_batched_tokens}) must be >= max_num_seqs ({request.max_num_seqs})"
+            f"max_num_batched_tokens ({request.max_num_batched_tokens}) must be >= max_num_seqs ({request.max_num_seqs})",
+            field="max_num_batched_tokens",
         )
     return max_len
 
@@ -179,13 +220,15 @@ def _serving_dtype(request: PlanRequest, arch: Architecture, fmt: WeightFormat, 
     if kv == "fp8" and dtype == "float16":
         if request.dtype == "float16":
             raise PlanningError(
-                "kv_cache_dtype fp8 with dtype float16 crashes vLLM at warm-up on H100; use dtype bfloat16 or auto"
+                "kv_cache_dtype fp8 with dtype float16 crashes vLLM at warm-up on H100; use dtype bfloat16 or auto",
+                field="dtype",
             )
         # Measured: an fp16 model with an fp8 KV cache crashes vLLM 0.25 on H100; bf16 works.
         dtype = "bfloat16"
     if kv == "float16" and dtype != "float16":
         raise PlanningError(
-            "kv_cache_dtype float16 needs dtype float16 (vLLM stores 16-bit KV in the model dtype)"
+            "kv_cache_dtype float16 needs dtype float16 (vLLM stores 16-bit KV in the model dtype)",
+            field="dtype",
         )
     return dtype
 
@@ -200,13 +243,22 @@ def _evaluate(
     kv: str,
     max_len: int,
     batched_tokens: int,
+    calibration: Calibration,
+    residual: int = 0,
 ) -> _Setting:
     dtype = _serving_dtype(request, arch, fmt, kv)
     kv_dtype_bytes = 1 if kv == "fp8" else DTYPE_BYTES[dtype]
     weights = resident_bytes_per_gpu(arch, fmt, tp)
-    over = overheads(arch, tp=tp, max_num_batched_tokens=batched_tokens, max_num_seqs=request.max_num_seqs)
+    over = overheads(
+        arch,
+        tp=tp,
+        max_num_batched_tokens=batched_tokens,
+        max_num_seqs=request.max_num_seqs,
+        act_bytes=DTYPE_BYTES[dtype],
+        calibration=calibration,
+    )
     budget = int(gpu.memory_gib * GIB * request.gpu_memory_utilization)
-    kv_bytes = max(0, budget - weights - over.total)
+    kv_bytes = max(0, budget - weights - over.total - residual)
     layout = kv_layout(arch, tp, kv_dtype_bytes)
     capacity = kv_capacity(layout, kv_bytes, max_len, batched_tokens)
     return _Setting(
@@ -217,6 +269,8 @@ def _evaluate(
         activation=over.activation,
         non_torch=over.non_torch,
         cudagraph=over.cudagraph,
+        residual=residual,
+        terms=(("forward", over.forward), ("sampler", over.sampler), ("floor", over.floor)),
         budget=budget,
         kv_bytes=capacity.num_blocks * layout.block_bytes,
         blocks=capacity.num_blocks,
@@ -264,6 +318,9 @@ def _to_plan(
     gpu: GPUSpec,
     max_len: int,
     batched: int,
+    calibration: Calibration,
+    warning: str | None,
+    recorded: bool,
 ) -> ServingPlan:
     return ServingPlan(
         fits=fits,
@@ -293,11 +350,25 @@ def _to_plan(
         checkpoint_bytes=checkpoint_bytes(arch, fmt),
         param_count=arch.param_count,
         vllm_args=_vllm_args(s, fmt, request, gpu, max_len, batched),
+        vllm_version=request.vllm_version,
+        calibration_version=calibration.vllm_version,
+        calibration_warning=warning,
+        calibration_residual_gib_per_gpu=_gib(s.residual) if recorded else None,
+        overhead_terms_gib={name: _gib(value) for name, value in s.terms},
     )
 
 
-def plan(config: Mapping[str, Any], request: PlanRequest, gpu: GPUSpec) -> ServingPlan:
-    """Plan vLLM for ``config`` on ``gpu``; PlanningError for bad input, ``fits=False`` when nothing fits."""
+def plan(
+    config: Mapping[str, Any],
+    request: PlanRequest,
+    gpu: GPUSpec,
+    *,
+    record: CalibrationRecord | None = None,
+) -> ServingPlan:
+    """Plan vLLM for ``config`` on ``gpu``; PlanningError for bad input, ``fits=False`` when nothing fits.
+
+    ``record``: what vLLM really allocated for this model on this GPU class and vLLM version (see
+    planner/calibration.py); the residual between it and our prediction becomes one more per-GPU term."""
     arch = parse_architecture(config)
     max_len = _validate(request, arch)
     fmt = resolve_format(
@@ -311,9 +382,12 @@ def plan(config: Mapping[str, Any], request: PlanRequest, gpu: GPUSpec) -> Servi
         gpu.memory_gib, gpu.name, request.max_num_seqs
     )
     want = request.concurrency or 1
+    calibration, warning = calibration_for(request.vllm_image)
 
     if request.kv_cache_dtype == "fp8" and not gpu.fp8:
-        raise PlanningError(f"kv_cache_dtype fp8 needs fp8 hardware; GPU {gpu.name} has none")
+        raise PlanningError(
+            f"kv_cache_dtype fp8 needs fp8 hardware; GPU {gpu.name} has none", field="kv_cache_dtype"
+        )
     kv_options = [request.kv_cache_dtype]
     if request.kv_cache_dtype == "auto" and gpu.fp8 and request.dtype != "float16":
         kv_options.append("fp8")
@@ -322,11 +396,15 @@ def plan(config: Mapping[str, Any], request: PlanRequest, gpu: GPUSpec) -> Servi
         tp = request.tensor_parallel_size
         if tp > gpu.gpus_per_node:
             raise PlanningError(
-                f"tensor_parallel_size {tp} exceeds the {gpu.gpus_per_node} GPUs per node of GPU {gpu.name}"
+                f"tensor_parallel_size {tp} exceeds the {gpu.gpus_per_node} GPUs per node of GPU {gpu.name}",
+                field="tensor_parallel_size",
             )
         problems = tp_problems(arch, fmt, tp)
         if problems:
-            raise PlanningError(f"tensor_parallel_size {tp} is not possible: {'; '.join(problems)}")
+            raise PlanningError(
+                f"tensor_parallel_size {tp} is not possible: {'; '.join(problems)}",
+                field="tensor_parallel_size",
+            )
         candidates = [tp]
     else:
         candidates = [t for t in TP_CANDIDATES if t <= gpu.gpus_per_node and not tp_problems(arch, fmt, t)]
@@ -334,11 +412,25 @@ def plan(config: Mapping[str, Any], request: PlanRequest, gpu: GPUSpec) -> Servi
             legal = [t for t in TP_CANDIDATES if t <= gpu.gpus_per_node]
             raise PlanningError(
                 f"no tensor-parallel size up to {gpu.gpus_per_node} can shard this model: "
-                + "; ".join(tp_problems(arch, fmt, legal[-1]))
+                + "; ".join(tp_problems(arch, fmt, legal[-1])),
+                field="tensor_parallel_size",
             )
 
+    residual = 0 if record is None else _record_residual(arch, fmt, request, gpu, record, calibration)
+
     def evaluate(tp: int, kv: str, length: int = max_len) -> _Setting:
-        return _evaluate(arch, fmt, request, gpu, tp=tp, kv=kv, max_len=length, batched_tokens=batched)
+        return _evaluate(
+            arch,
+            fmt,
+            request,
+            gpu,
+            tp=tp,
+            kv=kv,
+            max_len=length,
+            batched_tokens=batched,
+            calibration=calibration,
+            residual=residual,
+        )
 
     def emit(s: _Setting, fits: bool, reason: str | None) -> ServingPlan:
         return _to_plan(
@@ -351,6 +443,9 @@ def plan(config: Mapping[str, Any], request: PlanRequest, gpu: GPUSpec) -> Servi
             gpu=gpu,
             max_len=max_len,
             batched=batched,
+            calibration=calibration,
+            warning=warning,
+            recorded=record is not None,
         )
 
     for tp in candidates:
@@ -363,6 +458,39 @@ def plan(config: Mapping[str, Any], request: PlanRequest, gpu: GPUSpec) -> Servi
     return emit(
         best, False, _refusal(best, want, gpu, request, max_len, candidates, kv_options, arch, fmt, evaluate)
     )
+
+
+def _record_residual(
+    arch: Architecture,
+    fmt: WeightFormat,
+    request: PlanRequest,
+    gpu: GPUSpec,
+    record: CalibrationRecord,
+    calibration: Calibration,
+) -> int:
+    """Bytes per GPU vLLM kept out of the KV pool beyond our prediction at the record's own settings."""
+    if record.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise PlanningError(
+            f"calibration record kv_cache_dtype {record.kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}",
+            field="calibration",
+        )
+    at_record = dataclasses.replace(
+        request, max_num_seqs=record.max_num_seqs, gpu_memory_utilization=record.gpu_memory_utilization
+    )
+    predicted = _evaluate(
+        arch,
+        fmt,
+        at_record,
+        gpu,
+        tp=record.tensor_parallel_size,
+        kv=record.kv_cache_dtype,
+        max_len=record.max_model_len,
+        batched_tokens=record.max_num_batched_tokens,
+        calibration=calibration,
+    )
+    groups = len(kv_layout(arch, record.tensor_parallel_size, 1).groups)
+    observed_blocks = record.kv_cache_tokens // BLOCK_SIZE * groups
+    return (predicted.blocks - observed_blocks) * predicted.block_bytes
 
 
 def _refusal(
@@ -423,7 +551,9 @@ def predict_checkpoint_bytes(
         arch, quantization=quantization, bits=bits, group_size=group_size, symmetric=symmetric
     )
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
-        raise PlanningError(f"dtype {dtype!r} is not supported; supported: auto, bfloat16, float16, float32")
+        raise PlanningError(
+            f"dtype {dtype!r} is not supported; supported: auto, bfloat16, float16, float32", field="dtype"
+        )
     if dtype != "auto":
         fmt = dataclasses.replace(fmt, checkpoint_dtype_bytes=DTYPE_BYTES[dtype])
     if fmt.layout == "bnb-nf4":  # quantized by vLLM while loading: the checkpoint stays 16-bit

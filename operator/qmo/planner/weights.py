@@ -110,26 +110,30 @@ def resolve_format(
         return _from_quantization_config(arch.quantization_config, ckpt)
     if quantization == "prequantized":
         raise PlanningError(
-            "quantization 'prequantized' needs a quantization_config in config.json; none was found"
+            "quantization 'prequantized' needs a quantization_config in config.json; none was found",
+            field="quantization",
         )
     if quantization not in METHODS:
         raise PlanningError(
-            f"quantization {quantization!r} is not supported; supported: {', '.join(METHODS)}"
+            f"quantization {quantization!r} is not supported; supported: {', '.join(METHODS)}",
+            field="quantization",
         )
     if group_size is not None and group_size != -1 and group_size < 1:
-        raise PlanningError(f"group_size must be a positive integer or -1, got {group_size}")
+        raise PlanningError(
+            f"group_size must be a positive integer or -1, got {group_size}", field="group_size"
+        )
     group = None if group_size == -1 else group_size
     if quantization == "none":
         return WeightFormat("none", "dense", 16, None, True, ckpt)
     if quantization in ("awq", "gptq"):
         b = 4 if bits is None else bits
         if b not in (4, 8):
-            raise PlanningError(f"bits must be 4 or 8 for {quantization}, got {b}")
+            raise PlanningError(f"bits must be 4 or 8 for {quantization}, got {b}", field="bits")
         # llm-compressor's defaults: GPTQ is W4A16 (symmetric), AWQ is W4A16_ASYM (zero points).
         sym = (quantization == "gptq") if symmetric is None else symmetric
         return WeightFormat(quantization, "ct-pack", b, 128 if group_size is None else group, sym, ckpt)
     if bits is not None and quantization != "bitsandbytes-nf4" and bits != {"nvfp4": 4}.get(quantization, 8):
-        raise PlanningError(f"bits {bits} does not apply to quantization {quantization!r}")
+        raise PlanningError(f"bits {bits} does not apply to quantization {quantization!r}", field="bits")
     if quantization == "w8a8":
         return WeightFormat("w8a8", "ct-int8", 8, None, True if symmetric is None else symmetric, ckpt)
     if quantization == "fp8":
