@@ -19,19 +19,30 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from qmo.api.gpuclass import GPUClassSpec
 from qmo.api.quantizedmodel import parse_spec
 from qmo.desired.common import Owner, Placement
 from qmo.desired.serving import build_serving_deployment, plan_request
 from qmo.planner import BUILTIN_GPUS, PlanningError, plan
-from qmo.reconcile.gpus import ResolvedGPU
+from qmo.reconcile.gpus import ResolvedGPU, from_gpu_class
 from qmo.reconcile.model import plan_status
+from qmo.sandbox.tiny_model import tiny_llama_config
 
 REPO = Path(__file__).parents[2]
 CONFIGS = REPO / "tests" / "unit" / "configs"
+SANDBOX_EXAMPLES = REPO / "operator" / "qmo" / "sandbox" / "examples"
 # The public config.json behind each example's source repository (the hub is unreachable here).
 EXAMPLE_CONFIGS = {
     "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
     "meta-llama/Llama-3.1-8B": "llama-3.1-8b",
+}
+# Models the sandbox makes itself: their config comes from the same code that builds them.
+SANDBOX_CONFIGS = {"qmo-sandbox/tiny-llama": tiny_llama_config()}
+# The sandbox's own GPU classes (the cpu class among them), as its examples apply them.
+SANDBOX_GPU_CLASSES = {
+    doc["metadata"]["name"]: from_gpu_class(doc["metadata"]["name"], GPUClassSpec.model_validate(doc["spec"]))
+    for doc in yaml.safe_load_all((SANDBOX_EXAMPLES / "gpuclasses.yaml").read_text())
+    if isinstance(doc, dict) and doc.get("kind") == "GPUClass"
 }
 OWNER = Owner(api_version="qmo.dev/v1alpha1", kind="QuantizedModel", name="m", uid="uid")
 
@@ -76,7 +87,9 @@ def vllm_parser(engine_python: Path) -> Iterator[VllmParser]:
 def rendered_argv(spec: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """What follows ``vllm serve`` in the Deployment the operator would apply for this spec."""
     parsed = parse_spec(spec)
-    gpu = ResolvedGPU(spec=BUILTIN_GPUS[parsed.serving.gpu_class], placement=Placement())
+    gpu = SANDBOX_GPU_CLASSES.get(parsed.serving.gpu_class) or ResolvedGPU(
+        spec=BUILTIN_GPUS[parsed.serving.gpu_class], placement=Placement()
+    )
     result = plan(config, plan_request(parsed), gpu.spec)
     if not result.fits:
         raise PlanningError(result.reason or "does not fit")
@@ -137,8 +150,11 @@ def test_every_example_renders_args_vllm_accepts(
     vllm_parser: VllmParser, name: str, spec: dict[str, Any]
 ) -> None:
     repo = spec["source"]["huggingface"]["repo"]
-    assert repo in EXAMPLE_CONFIGS, f"{name}: add the public config.json of {repo} to tests/unit/configs"
-    config = json.loads((CONFIGS / f"{EXAMPLE_CONFIGS[repo]}.json").read_text())
+    if repo in SANDBOX_CONFIGS:
+        config = SANDBOX_CONFIGS[repo]
+    else:
+        assert repo in EXAMPLE_CONFIGS, f"{name}: add the public config.json of {repo} to tests/unit/configs"
+        config = json.loads((CONFIGS / f"{EXAMPLE_CONFIGS[repo]}.json").read_text())
     assert_accepted(vllm_parser, rendered_argv(spec, config))
 
 

@@ -330,3 +330,13 @@ def test_an_unreadable_eval_dataset_fails_before_any_work(tiny_llama: Path, tmp_
     assert result.returncode == 2, result.stderr
     assert str(missing) in log.read_text() and str(missing) in result.stderr
     assert not out.exists() and not out.with_name("artifact.partial").exists()
+
+
+def test_tiny_model_config_is_what_the_builder_saves(tiny_llama: Path) -> None:
+    """The planner plans the sandbox's tiny-llama from ``tiny_llama_config`` (no torch needed): it must
+    describe the checkpoint the builder really writes, or the demo's plan is for another model."""
+    from qmo.sandbox.tiny_model import tiny_llama_config
+
+    saved = json.loads((tiny_llama / "config.json").read_text())
+    described = tiny_llama_config(vocab_size=128)
+    assert {key: saved.get(key) for key in described} == described

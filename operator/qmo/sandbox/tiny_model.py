@@ -62,15 +62,42 @@ WORDS = [
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 
 
+def tokenizer_vocab() -> dict[str, int]:
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    return vocab
+
+
+def tiny_llama_config(*, vocab_size: int | None = None, initializer_range: float = 0.02) -> dict[str, Any]:
+    """The tiny Llama's ``config.json`` fields (without torch): what the builder saves and what the planner
+    reads for the sandbox's tiny-llama example. ``vocab_size=None`` is the tokenizer's size."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size or len(tokenizer_vocab()),
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "initializer_range": initializer_range,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 3,
+        "dtype": "bfloat16",
+    }
+
+
 def build_tokenizer(directory: Path) -> int:
     """A word-level tokenizer over WORDS; returns its size (the model's vocab must match it exactly, or
     vLLM decodes the ids the tokenizer lacks to empty strings)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
+    vocab = tokenizer_vocab()
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     fast: Any = PreTrainedTokenizerFast  # transformers' classes are untyped to mypy
@@ -92,23 +119,11 @@ def build_tiny_llama(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
-    tokens = build_tokenizer(directory)
+    build_tokenizer(directory)
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size or tokens,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        initializer_range=initializer_range,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-        dtype="bfloat16",
-    )
+    fields = tiny_llama_config(vocab_size=vocab_size, initializer_range=initializer_range)
+    fields = {key: value for key, value in fields.items() if key not in ("architectures", "model_type")}
+    config = LlamaConfig(**fields)
     llama: Any = LlamaForCausalLM
     model = llama(config).to(torch.bfloat16)
     model.save_pretrained(directory)
