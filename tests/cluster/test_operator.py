@@ -492,6 +492,7 @@ def test_the_workers_summary_lands_in_the_artifact_status(
     assert artifact is not None
     status = artifact["status"]
     assert status["sizeBytes"] == summary["size_bytes"]
+    assert status["size"] == "5.33Gi"  # the SIZE column
     assert status["manifestDigest"] == summary["manifest_sha256"]
     assert status["quantizeSeconds"] == 812.4
     assert status["validation"]["top1_agreement"] == 0.97

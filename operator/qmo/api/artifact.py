@@ -107,7 +107,10 @@ class ModelArtifactStatus(ApiModel):
     job_name: str | None = None
     """The quantize Job."""
     size_bytes: int | None = None
-    """Bytes of the checkpoint on disk."""
+    """Bytes of the checkpoint on disk (the worker's qmo-manifest.json)."""
+    size: str | None = None
+    """The size for people (5.33Gi): sizeBytes, or ~ the planner's prediction (spec.predictedBytes) until
+    the quantize Job reports, or where it ended without a summary."""
     manifest_digest: str | None = None
     """sha256 of qmo-manifest.json."""
     quantize_seconds: float | None = None

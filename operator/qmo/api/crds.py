@@ -195,7 +195,11 @@ def build_crds() -> dict[str, JsonSchema]:
             columns=[
                 _column("Phase", ".status.phase"),
                 _column("Method", ".spec.recipe.method"),
-                _column("Size", ".status.sizeBytes", "integer"),
+                _column(
+                    "Size",
+                    ".status.size",
+                    description="bytes on disk from the worker's manifest; ~ marks the planner's prediction",
+                ),
                 _column(
                     "PPL+%",
                     ".status.quality.perplexityIncreasePercent",

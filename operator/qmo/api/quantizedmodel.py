@@ -351,7 +351,8 @@ class ServingSpec(ApiModel):
     max_model_len: int | None = Field(default=None, ge=16, le=10_485_760)
     """Context length to serve. Default: the model's max_position_embeddings."""
     concurrency: int | None = Field(default=None, ge=1, le=4096)
-    """Target concurrent sequences at full context; the planner picks a size where the KV cache holds them."""
+    """Target concurrent sequences at full context; the planner picks a size where the KV cache holds them.
+    A capacity target, not a cap: vLLM's --max-num-seqs defaults to at least 256 (see maxNumSeqs)."""
     kv_cache_dtype: KvCacheDtype = "auto"
     """auto lets the planner choose fp8 where the GPU supports it and more capacity is needed."""
     tensor_parallel_size: TensorParallelSize = "auto"
@@ -359,7 +360,8 @@ class ServingSpec(ApiModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0.05, le=0.99)
     """Fraction of each GPU's total memory vLLM may use."""
     max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
-    """vLLM --max-num-seqs. Default: from concurrency, else vLLM's 256."""
+    """vLLM --max-num-seqs, the most sequences it runs at once. Default: vLLM's 256, raised to concurrency, never
+    lowered to it (shorter sequences than maxModelLen fit more than concurrency in the same KV cache)."""
     max_num_batched_tokens: int | None = Field(default=None, ge=16, le=1_048_576)
     """vLLM --max-num-batched-tokens. Default: vLLM's own rule."""
     image: str = Field(default=DEFAULT_VLLM_IMAGE, max_length=512)

@@ -17,6 +17,7 @@ from typing import Any
 from qmo.planner import GPUSpec, PlanningError, PlanRequest, ServingPlan, gpu_by_name, plan
 from qmo.planner.architecture import parse_architecture
 from qmo.planner.calibration import CalibrationRecord, load_records, select_record
+from qmo.planner.scheduler import max_num_seqs_for, max_num_seqs_reason
 
 QUANTIZATIONS = ("none", "awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4", "bitsandbytes-nf4")
 
@@ -88,7 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-model-len", type=_positive_int, help="default: the model's max_position_embeddings"
     )
-    parser.add_argument("--max-num-seqs", type=_positive_int, default=256)
+    parser.add_argument(
+        "--max-num-seqs",
+        type=_positive_int,
+        help="vLLM's scheduler ceiling (default: vLLM's 256, raised to --concurrency, never lowered to it)",
+    )
     parser.add_argument(
         "--max-num-batched-tokens", type=_positive_int, help="default: vLLM's rule for the GPU"
     )
@@ -211,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
             kv_cache_dtype=args.kv_cache_dtype,
             dtype=args.dtype,
             max_model_len=args.max_model_len,
-            max_num_seqs=args.max_num_seqs,
+            max_num_seqs=max_num_seqs_for(max_num_seqs=args.max_num_seqs, concurrency=args.concurrency),
             max_num_batched_tokens=args.max_num_batched_tokens,
             gpu_memory_utilization=args.gpu_memory_utilization,
             tensor_parallel_size=args.tensor_parallel_size,
@@ -227,12 +232,14 @@ def run(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(result.to_dict(), sort_keys=True))
     else:
-        print(render_table(result))
+        reason = max_num_seqs_reason(max_num_seqs=args.max_num_seqs, concurrency=args.concurrency)
+        print(render_table(result, max_num_seqs_reason=reason))
     return 0 if result.fits else 1
 
 
-def render_table(result: ServingPlan) -> str:
-    """The plan for people: verdict, the per-GPU memory breakdown, and the vLLM arguments."""
+def render_table(result: ServingPlan, *, max_num_seqs_reason: str | None = None) -> str:
+    """The plan for people: verdict, the per-GPU memory breakdown, and the vLLM arguments; the reason
+    for --max-num-seqs (which concurrency does not set) where the caller knows it."""
     verdict = "FITS" if result.fits else "DOES NOT FIT"
     rows = [
         ("GPU", f"{result.gpu} ({result.gpu_memory_gib:g} GiB) x {result.gpus}"),
@@ -242,6 +249,10 @@ def render_table(result: ServingPlan) -> str:
         ("max-model-len", f"{result.max_model_len:,}"),
         ("KV cache tokens", f"{result.kv_cache_tokens:,} ({result.kv_cache_blocks:,} blocks)"),
         ("max concurrency", f"{result.max_concurrency:.2f} x {result.max_model_len:,} tokens"),
+        (
+            "max-num-seqs",
+            f"{result.max_num_seqs}" + (f" ({max_num_seqs_reason})" if max_num_seqs_reason else ""),
+        ),
         ("checkpoint size", f"{result.checkpoint_bytes / 2**30:.2f} GiB"),
     ]
     lines = [f"qmo plan: {verdict}"]

@@ -26,6 +26,7 @@ from typing import Any
 from qmo.commands.plan import _positive_float, _positive_int, render_table
 from qmo.desired.serving import VLLM_ENV, EngineCommand, cpu_engine_command, serving_args, vllm_serve_args
 from qmo.planner import GPUSpec, PlanningError, PlanRequest, ServingPlan, gpu_by_name, plan
+from qmo.planner.scheduler import max_num_seqs_for, max_num_seqs_reason
 from qmo.quantizer.worker import TOKENIZER_FILES_TEXT, has_tokenizer
 
 MANIFEST = "qmo-manifest.json"
@@ -74,7 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-model-len", type=_positive_int, help="default: the model's max_position_embeddings"
     )
-    parser.add_argument("--max-num-seqs", type=_positive_int, default=256)
+    parser.add_argument(
+        "--max-num-seqs",
+        type=_positive_int,
+        help="vLLM's scheduler ceiling (default: vLLM's 256, raised to --concurrency, never lowered to it)",
+    )
     parser.add_argument(
         "--concurrency", type=_positive_int, help="concurrent sequences of max-model-len to hold"
     )
@@ -174,11 +179,15 @@ def make_plan(
     device: GPUSpec,
     *,
     max_model_len: int | None = None,
-    max_num_seqs: int = 256,
+    max_num_seqs: int | None = None,
     concurrency: int | None = None,
 ) -> ServingPlan:
     """The plan the operator would make for this checkpoint (its own quantization_config decides the format)."""
-    request = PlanRequest(max_model_len=max_model_len, max_num_seqs=max_num_seqs, concurrency=concurrency)
+    request = PlanRequest(
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs_for(max_num_seqs=max_num_seqs, concurrency=concurrency),
+        concurrency=concurrency,
+    )
     return plan(model.config, request, device)
 
 
@@ -252,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
     except (ServeError, PlanningError) as error:
         print(f"qmo serve: error: {error}", file=sys.stderr)
         return 2
-    print(render_table(result))
+    reason = max_num_seqs_reason(max_num_seqs=args.max_num_seqs, concurrency=args.concurrency)
+    print(render_table(result, max_num_seqs_reason=reason))
     if not result.fits:
         return 1
     name = served_name(model, args.name)

@@ -27,6 +27,7 @@ from qmo.desired.common import (
     Manifest,
     Owner,
     gpu_resources,
+    human_bytes,
 )
 from qmo.desired.names import (
     CACHE_CLAIM_NAME,
@@ -101,6 +102,15 @@ def source_slug(source: ModelSource) -> str:
 def cache_claim_size_bytes(checkpoint_bytes: int, source_bytes: int) -> int:
     """Room for the source download and the result, with 20% headroom, in whole GiB, at least 10 GiB."""
     return max(10, math.ceil((checkpoint_bytes + source_bytes) * 1.2 / GIB)) * GIB
+
+
+def artifact_size(size_bytes: int | None, predicted_bytes: int) -> str | None:
+    """The ModelArtifact's SIZE column: the checkpoint's bytes on disk as the worker's manifest counts them,
+    or, until a summary reports them (and where a Job ends without one), the planner's prediction marked
+    ``~``; None when there is neither."""
+    if size_bytes is not None:
+        return human_bytes(size_bytes)
+    return f"~{human_bytes(predicted_bytes)}" if predicted_bytes > 0 else None
 
 
 def build_cache_claim(

@@ -76,3 +76,16 @@ def gpu_resources(base: Manifest | None, *, resource_name: str, gpus: int) -> Ma
     if limits:
         resources["limits"] = limits
     return resources
+
+
+def human_bytes(size: int) -> str:
+    """Bytes as a person reads them, in Kubernetes' binary units: 5.33Gi, 812Mi, 96Ki, 512."""
+    value, unit = float(size), ""
+    for next_unit in ("Ki", "Mi", "Gi", "Ti", "Pi"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    if not unit:
+        return str(size)
+    digits = 0 if value >= 100 else 1 if value >= 10 else 2
+    return f"{value:.{digits}f}{unit}"

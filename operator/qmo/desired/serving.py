@@ -30,6 +30,7 @@ from qmo.desired.names import (
     serving_name,
 )
 from qmo.planner import PlanRequest
+from qmo.planner.scheduler import max_num_seqs_for, max_num_seqs_reason
 
 VLLM_PORT = 8000
 # Methods the worker turns into a compressed-tensors checkpoint: vLLM reads the format from config.json.
@@ -47,6 +48,15 @@ def served_model_path(artifact_path: str) -> str:
     return f"{CACHE_MOUNT_PATH}/{artifact_path}"
 
 
+def planned_message(plan: PlanStatus, serving: ServingSpec) -> str:
+    """The Planned condition's message: the plan's numbers, and why --max-num-seqs is what it is."""
+    reason = max_num_seqs_reason(max_num_seqs=serving.max_num_seqs, concurrency=serving.concurrency)
+    return (
+        f"tp={plan.tensor_parallel_size} kv={plan.kv_cache_dtype} kv_tokens={plan.kv_cache_tokens} "
+        f"max_concurrency={plan.max_concurrency} max_num_seqs={plan.max_num_seqs} ({reason})"
+    )
+
+
 def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
     """What a QuantizedModel asks the planner for."""
     quantization = spec.quantization
@@ -58,7 +68,7 @@ def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
         symmetric=quantization.symmetric,
         kv_cache_dtype=serving.kv_cache_dtype,
         max_model_len=serving.max_model_len,
-        max_num_seqs=serving.max_num_seqs or max(serving.concurrency or 0, 256),
+        max_num_seqs=max_num_seqs_for(max_num_seqs=serving.max_num_seqs, concurrency=serving.concurrency),
         max_num_batched_tokens=serving.max_num_batched_tokens,
         gpu_memory_utilization=serving.gpu_memory_utilization,
         tensor_parallel_size=None

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from qmo.api.artifact import ArtifactQuality, ModelArtifactSpec
 from qmo.api.base import API_VERSION
-from qmo.desired.artifact import build_evict_job, build_quantize_job
+from qmo.desired.artifact import artifact_size, build_evict_job, build_quantize_job
 from qmo.desired.common import Owner
 from qmo.desired.names import evict_job_name, quantize_job_name
 from qmo.desired.quality import gate_verdict, quality_thresholds
@@ -86,6 +86,7 @@ class ArtifactReconciler:
         else:
             if old.get("phase") != "Ready":
                 await self._quantize(namespace, name, meta["uid"], spec, status)
+            status["size"] = artifact_size(status.get("sizeBytes"), spec.predicted_bytes)
         ready = status.get("phase") == "Ready"
         status["conditions"] = [
             condition(

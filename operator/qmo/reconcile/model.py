@@ -37,6 +37,7 @@ from qmo.desired.serving import (
     build_serving_service,
     endpoint_url,
     plan_request,
+    planned_message,
     selector_labels,
     serving_args,
 )
@@ -382,8 +383,7 @@ class ModelReconciler:
                 type_="Planned",
                 status=True,
                 reason="Planned",
-                message=f"tp={planned.tensor_parallel_size} kv={planned.kv_cache_dtype} "
-                f"kv_tokens={planned.kv_cache_tokens} max_concurrency={planned.max_concurrency}",
+                message=planned_message(planned, spec.serving),
                 generation=generation,
                 now=now,
             ),
