@@ -1,4 +1,4 @@
-"""The ``qmo`` command line: ``qmo run | plan | quantize | eval | serve | crds | sandbox | version``.
+"""The ``qmo`` command line: ``qmo run | plan | explain | quantize | eval | serve | crds | sandbox | version``.
 
 Each subcommand lives in ``qmo.commands.<name>`` and is imported only when chosen: the planner must not
 pay for kopf, and the operator must never import the quantizer's torch stack.
@@ -17,6 +17,7 @@ from qmo import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run the operator against the current kubeconfig"),
     "plan": ("plan", "plan GPU memory for a model config and print the vLLM arguments"),
+    "explain": ("explain", "one QuantizedModel's story: plan, artifact, conditions, events, what to do next"),
     "quantize": ("quantize", "quantize a model into the cache (runs inside the quantize Job)"),
     "eval": ("eval", "measure a quantized checkpoint against its source: perplexity, KL, top-1"),
     "crds": ("crds", "generate or check the CRD YAML from the API models"),

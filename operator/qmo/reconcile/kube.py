@@ -36,6 +36,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "Node": ("nodes", False),
     "Secret": ("secrets", True),
     "ConfigMap": ("configmaps", True),
+    "Event": ("events", True),
 }
 API_VERSIONS: dict[str, str] = {
     "QuantizedModel": "qmo.dev/v1alpha1",
@@ -52,6 +53,7 @@ API_VERSIONS: dict[str, str] = {
     "Node": "v1",
     "Secret": "v1",
     "ConfigMap": "v1",
+    "Event": "v1",
 }
 
 
