@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from qmo.cli import main
 from qmo.commands import explain as explain_command
 from qmo.desired.explain import EVENTS_SHOWN, explain
 
@@ -295,3 +296,14 @@ def test_the_command_defaults_to_the_kubeconfig_contexts_namespace(tmp_path: Pat
     explain_command.add_arguments(parser)
     args = parser.parse_args(["llama", "-n", "prod", "--kubeconfig", str(kubeconfig)])
     assert (args.name, args.namespace) == ("llama", "prod")
+
+
+def test_no_cluster_to_read_from_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for variable in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(["explain", "llama", "-n", "demo", "--kubeconfig", str(tmp_path / "missing")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("qmo explain: no cluster to read from") and "--kubeconfig FILE" in error
+    assert "Traceback" not in error

@@ -70,6 +70,8 @@ async def read_story(
 
 
 def run(args: argparse.Namespace) -> int:
+    from kubernetes.config import ConfigException
+
     from qmo.desired.explain import explain
     from qmo.reconcile.kube import ApiError
 
@@ -78,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
         model, artifact, events = asyncio.run(read_story(args.kubeconfig, args.context, namespace, args.name))
     except NotFound as error:
         print(f"qmo explain: {error}", file=sys.stderr)
+        return 1
+    except ConfigException as error:
+        print(
+            f"qmo explain: no cluster to read from ({error}): set KUBECONFIG or pass --kubeconfig FILE",
+            file=sys.stderr,
+        )
         return 1
     except ApiError as error:
         print(f"qmo explain: cannot read from the API server: {error}", file=sys.stderr)
