@@ -41,6 +41,19 @@ WATCHED = (
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
+def requests_by_verb_and_resource(metrics_text: str) -> dict[tuple[str, str], float]:
+    """The operator's qmo_api_requests_total samples, keyed by (verb, resource)."""
+    counts: dict[tuple[str, str], float] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith("qmo_api_requests_total{"):
+            continue
+        verb = re.search(r'verb="([A-Z]+)"', line)
+        resource = re.search(r'resource="([^"]+)"', line)
+        if verb and resource:
+            counts[verb.group(1), resource.group(1)] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def apiserver_writes(cluster: SessionCluster) -> dict[str, float]:
     """Write requests the API server has served per resource (from its own /metrics)."""
     context = ssl.create_default_context(cafile=str(cluster.ca_cert))
@@ -184,6 +197,7 @@ def run(
             wait_for(all_ready, timeout=3600, interval=2, description=f"{count} models Ready")
             elapsed = time.monotonic() - started
             requests = operator.metric_value("qmo_api_requests_total")
+            breakdown = requests_by_verb_and_resource(operator.metrics())
             artifacts = json.loads(cluster.kubectl("get", "ma", "-n", "fleet", "-o", "json").stdout)["items"]
             jobs = json.loads(
                 cluster.kubectl(
@@ -217,6 +231,8 @@ def run(
     print(
         f"  operator API requests:        {requests:.0f} ({requests / count:.1f} per model, reconcile only)"
     )
+    for (verb, resource), sent in sorted(breakdown.items(), key=lambda item: -item[1]):
+        print(f"    {sent / count:6.2f}  {verb:6} {resource}")
     print(f"  steady-state reconciles:      {reconciles:.0f} in {args.steady_seconds:.0f} s")
     print(f"  steady-state writes:          {sum(steady_writes.values()):.0f} {steady_writes or ''}")
     ranked = sorted(writers.items(), key=lambda item: -item[1])

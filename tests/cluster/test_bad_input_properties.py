@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from qmo.api.quantizedmodel import parse_spec
-from qmo.reconcile.status import format_validation_error
+from qmo.desired.status import format_validation_error
 from qmo.sandbox.chaos import settled
 from qmo.sandbox.harness import EXAMPLE_REPO, install_crds
 from qmo.sandbox.testing import Kube, SessionCluster

@@ -21,6 +21,7 @@ import qmo
 from qmo.api.crds import render_crds
 from qmo.api.gpuclass import GPUClassSpec
 from qmo.planner import BUILTIN_GPUS
+from qmo.reconcile.cache import WATCHED_KINDS
 from qmo.reconcile.gpus import BUILTIN_PRODUCT_LABELS, GPU_TOLERATION
 from qmo.reconcile.kube import API_VERSIONS, KINDS
 
@@ -113,12 +114,12 @@ METHOD_VERBS = {
 # not know fails the test, so a new API request cannot slip in without its grant.
 DYNAMIC_KINDS = {
     "owner_kind": {"QuantizedModel", "ModelArtifact"},
-    "kind": {"Service", "PodDisruptionBudget"},
-    "deployment": {"Deployment"},
-    "stamped": {"Service", "PodDisruptionBudget"},
+    "kind": {"QuantizedModel", "ModelArtifact"},
+    "child_kind": {"Service", "PodDisruptionBudget", "NetworkPolicy"},
+    "child": {"NetworkPolicy", "Deployment", "Service", "PodDisruptionBudget"},
+    "doomed_kind": {"NetworkPolicy"},
     "claim": {"PersistentVolumeClaim"},
-    "policy": {"NetworkPolicy"},
-    "manifest": {"ModelArtifact"},
+    "artifact": {"ModelArtifact"},
     # builder calls, by the builder's name
     "build_quantize_job": {"Job"},
     "build_evict_job": {"Job"},
@@ -211,6 +212,9 @@ def kopf_handlers() -> dict[tuple[str, str], set[str]]:
         verbs = {"list", "watch"} | ({"patch"} if cause in KOPF_CHANGING else set())
         assert cause in KOPF_CHANGING | KOPF_WATCHING, f"unknown kopf cause {cause}"
         needed.setdefault((group, plural), set()).update(verbs)
+    # The watch cache's indexes (registered in a loop over WATCHED_KINDS): kopf lists and watches each.
+    for watched in WATCHED_KINDS:
+        needed.setdefault((watched.group, watched.plural), set()).update({"list", "watch"})
     return needed
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qmo.api.quantizedmodel import PlanStatus, QuantizedModelSpec, parse_spec
+from qmo.api.quantizedmodel import QuantizedModelSpec, parse_spec
 from qmo.cli import main
+from qmo.desired.common import Placement, ResolvedGPU
+from qmo.desired.decision import plan_status
 from qmo.desired.serving import plan_request, planned_message
 from qmo.planner import gpu_by_name, plan
 from qmo.planner.scheduler import max_num_seqs_for, max_num_seqs_reason
@@ -58,22 +60,7 @@ def test_the_demos_planned_condition_says_why_vllm_gets_256_for_concurrency_64()
     result = plan(json.loads(CONFIG.read_text()), plan_request(spec), gpu)
     assert result.fits and "--max-num-seqs=256" in result.vllm_args
     assert result.max_concurrency >= 64  # the target the KV cache was sized for
-    status = PlanStatus(
-        gpu_class=gpu.name,
-        gpu_memory_gib=gpu.memory_gib,
-        tensor_parallel_size=result.tensor_parallel_size,
-        dtype=result.dtype,
-        kv_cache_dtype=result.kv_cache_dtype,
-        max_model_len=result.max_model_len,
-        max_num_seqs=result.max_num_seqs,
-        weights_gib_per_gpu=result.weights_gib_per_gpu,
-        kv_cache_gib_per_gpu=result.kv_cache_gib_per_gpu,
-        overhead_gib_per_gpu=1.0,
-        kv_cache_tokens=result.kv_cache_tokens,
-        max_concurrency=result.max_concurrency,
-        checkpoint_bytes=result.checkpoint_bytes,
-        vllm_args=list(result.vllm_args),
-    )
+    status = plan_status(ResolvedGPU(spec=gpu, placement=Placement()), result, spec.quantization.method)
     message = planned_message(status, spec.serving)
     assert message.startswith(f"tp={result.tensor_parallel_size} kv={result.kv_cache_dtype} ")
     assert "max_num_seqs=256 (vLLM's default; concurrency 64 is what the KV cache holds" in message

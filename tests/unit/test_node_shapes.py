@@ -9,8 +9,8 @@ import pytest
 
 from qmo.api.gpuclass import GPUClassSpec
 from qmo.desired.common import Placement
+from qmo.desired.jobs import unschedulable_message
 from qmo.reconcile.gpus import NodeShapes, from_gpu_class, largest_node_gpus, resolve_gpu
-from qmo.reconcile.jobs import unschedulable_message
 from qmo.reconcile.kube import ApiError
 
 

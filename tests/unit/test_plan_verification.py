@@ -185,3 +185,52 @@ def test_scrapes_retry_a_failing_pod_and_report_an_unreachable_one(metrics_serve
 
 def test_metrics_urls_bracket_ipv6() -> None:
     assert metrics_url({"status": {"podIP": "fd00::5"}}, 8000) == "http://[fd00::5]:8000/metrics"
+
+
+def test_a_reread_with_the_same_figures_keeps_status_so_a_fleet_at_rest_writes_nothing(
+    metrics_server: MetricsStandIn,
+) -> None:
+    """The pods are read again once the period is over; the status (and so the write) changes only when
+    vLLM reports something different."""
+    metrics_server.failures = 0
+    pod = {
+        "metadata": {"name": "a"},
+        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        "spec": {"containers": [{"name": "vllm", "args": ARGS}]},
+    }
+    deployment = {
+        "metadata": {"annotations": {"qmo.dev/desired-hash": "h"}},
+        "spec": {"template": {"spec": {"containers": [{"name": "vllm", "args": ARGS}]}}},
+    }
+    verifier = PlanVerifier(None, PodMetricsScraper(timeout=2.0, attempts=1, port=metrics_server.port))  # type: ignore[arg-type]
+
+    def verify(old: dict[str, Any], now: str) -> Any:
+        return asyncio.run(
+            verifier.verify(
+                namespace="ns",
+                model="m",
+                old=old,
+                planned=planned(8000),
+                deployment=deployment,
+                rolled=True,
+                ready=1,
+                pods=[pod],
+                generation=1,
+                now=now,
+            )
+        )
+
+    first = verify({}, "2026-12-07T00:00:00Z").observed
+    assert first["kvCacheTokens"] == 8000 and metrics_server.requests == 1
+    old = {"plan": {"observed": first}}
+    assert verify(old, "2026-12-07T00:05:00Z").observed == first and metrics_server.requests == 1  # not due
+    assert (
+        verify(old, "2026-12-07T00:11:00Z").observed == first and metrics_server.requests == 2
+    )  # same figures
+    assert (
+        verify(old, "2026-12-07T00:15:00Z").observed == first and metrics_server.requests == 2
+    )  # read 4 min ago
+    metrics_server.text = with_pool(REAL_METRICS, 400)
+    changed = verify(old, "2026-12-07T00:22:00Z").observed
+    assert metrics_server.requests == 3
+    assert changed["kvCacheTokens"] == 6400 and changed["scrapedAt"] == "2026-12-07T00:22:00Z"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from qmo.desired.jobs import job_seconds, job_state, termination_message
 from qmo.desired.serving import serving_args
+from qmo.desired.status import condition, deployment_rollout, merge_patch_for, status_write
 from qmo.reconcile.artifact import summary_fields
-from qmo.reconcile.jobs import job_seconds, job_state, termination_message
-from qmo.reconcile.status import condition, deployment_rollout, merge_patch_for, status_write
 
 
 def test_merge_patch_is_none_when_nothing_changed() -> None:

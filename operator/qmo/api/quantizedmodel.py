@@ -462,7 +462,7 @@ class ObservedPlan(ApiModel):
     error: str | None = None
     """Why some or all pods could not be read."""
     scraped_at: str
-    """When the pods were read (RFC 3339)."""
+    """When the pods first reported these figures (RFC 3339); a re-read with the same figures keeps it."""
     revision: str
     """The Deployment's desired hash and ready replicas this observation was made of."""
 
@@ -500,6 +500,10 @@ class PlanStatus(ApiModel):
     """The arguments the vLLM container runs with."""
     gpu_memory_utilization: float | None = None
     """The --gpu-memory-utilization planned with (lower than the spec's after a re-plan, see status.replan)."""
+    calibration: str | None = None
+    """The vLLM version whose measured overheads the plan used (the serving image's when calibrated)."""
+    calibration_warning: str | None = None
+    """Set when the serving image's vLLM version has no calibration of its own: which one was used."""
     observed: ObservedPlan | None = None
     """What vLLM really allocated, beside the prediction (kvCacheTokens)."""
 

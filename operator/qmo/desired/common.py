@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from qmo.planner.gpus import GPUSpec
 
 Manifest = dict[str, Any]
 
@@ -21,6 +24,20 @@ RESTRICTED_CONTAINER_SECURITY: Manifest = {
     "capabilities": {"drop": ["ALL"]},
     "runAsNonRoot": True,
 }
+
+
+@dataclass
+class Event:
+    """A Kubernetes Event a decision asks for on the object it decided about."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    """Labels as the API's labelSelector parameter spells an equality match (sorted: one spelling)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,15 @@ class Placement:
             node_selector={**self.node_selector, **node_selector},
             tolerations=self.tolerations + extra,
         )
+
+
+@dataclass(frozen=True)
+class ResolvedGPU:
+    """A model's GPU class as planning and placement use it (built-in catalog entry or GPUClass)."""
+
+    spec: GPUSpec
+    placement: Placement
+    price_per_hour: float | None = None
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def planned_message(plan: PlanStatus, serving: ServingSpec) -> str:
     return (
         f"tp={plan.tensor_parallel_size} kv={plan.kv_cache_dtype} kv_tokens={plan.kv_cache_tokens} "
         f"max_concurrency={plan.max_concurrency} max_num_seqs={plan.max_num_seqs} ({reason})"
+        + (f"; {plan.calibration_warning}" if plan.calibration_warning else "")
     )
 
 

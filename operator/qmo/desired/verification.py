@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from qmo.desired.common import Event
 
 # |observed - predicted| / predicted above this is a plan mismatch (PlanVerified=False, and the
 # QuantizedModelPlanMismatch alert when it lasts 15 minutes).
@@ -170,3 +172,19 @@ def replanned_utilization(utilization: float) -> float | None:
     lower."""
     lowered = round(utilization - REPLAN_UTILIZATION_STEP, 4)
     return lowered if lowered >= MIN_UTILIZATION else None
+
+
+@dataclass
+class Verification:
+    status: bool | None
+    reason: str
+    message: str
+    observed: dict[str, Any] | None = None
+    """status.plan.observed (wire spelling), or None before any observation of this template."""
+    replan: dict[str, Any] | None = None
+    """status.replan while it applies to this generation."""
+    replanned_now: bool = False
+    """This reconcile decided the re-plan: plan again and apply before writing status."""
+    degraded: bool = False
+    """The plan's arguments do not start and nothing is left to try."""
+    events: list[Event] = field(default_factory=list)

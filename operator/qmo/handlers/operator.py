@@ -19,6 +19,7 @@ from typing import Any, cast
 import kopf
 
 from qmo.reconcile.artifact import ArtifactReconciler
+from qmo.reconcile.cache import WATCHED_KINDS, WatchCache, WatchedKind, index_entry, index_id
 from qmo.reconcile.kube import ApiError, Kube, load_credentials
 from qmo.reconcile.metrics import Metrics
 from qmo.reconcile.model import ModelReconciler
@@ -45,6 +46,9 @@ class OperatorConfig:
     metrics: Metrics | None = None
     # Only used with peering (qmo run --peering): how long a silent peer is presumed alive.
     peering_lifetime: int = 15
+    # Reads of watched kinds come from the watch streams (reconcile/cache.py); off, every read is a request
+    # (QMO_WATCH_CACHE=off: for comparing request counts, or to rule the cache out when debugging).
+    watch_cache: bool = os.environ.get("QMO_WATCH_CACHE", "on") != "off"
 
 
 @dataclass
@@ -79,9 +83,29 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     def runtime() -> Runtime:
         return runtime_holder["runtime"]
 
+    def register_index(watched: WatchedKind) -> None:
+        def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+            return index_entry(body)
+
+        kopf.index(
+            # The core group is spelled "v1" alone ("pods" by name would also match metrics.k8s.io's).
+            watched.group or watched.version,
+            watched.version if watched.group else watched.plural,
+            watched.plural if watched.group else None,
+            id=index_id(watched.kind),
+            labels=MANAGED if watched.managed_only else None,
+            registry=registry,
+        )(index)
+
+    if config.watch_cache:
+        for watched in WATCHED_KINDS:
+            register_index(watched)
+
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(
-        settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+        settings: kopf.OperatorSettings,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        **handler_kwargs: Any,
     ) -> None:
         settings.persistence.finalizer = f"{GROUP}/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -96,8 +120,14 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         metrics = config.metrics or Metrics()
         kube = Kube(
             await asyncio.to_thread(load_credentials, config.kubeconfig),
-            on_request=lambda verb: metrics.api_requests.labels(verb).inc(),
+            on_request=lambda verb, resource: metrics.api_requests.labels(verb, resource).inc(),
         )
+        if config.watch_cache:
+            # kopf hands startup handlers the (still empty) indexes and runs no resource handler before
+            # every index is filled: from the first reconcile on, reads of watched kinds need no request.
+            cache = WatchCache()
+            cache.bind(handler_kwargs)
+            kube.cache = cache
         runtime_holder["runtime"] = Runtime(
             kube=kube,
             models=ModelReconciler(kube, HubClient()),
@@ -124,13 +154,14 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         if "runtime" in runtime_holder:
             await runtime().kube.close()
 
-    async def current(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """The object as the API server has it now; None when it is gone, replaced or being deleted."""
+    async def current(kind: str, body: Mapping[str, Any], *, fresh: bool = True) -> Mapping[str, Any] | None:
+        """The object as the API server has it now (``fresh``) or as the watch last delivered it; None when
+        it is gone, replaced or being deleted."""
         meta = body["metadata"]
-        fresh = await runtime().kube.get(kind, meta["namespace"], meta["name"])
-        if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
+        found = await runtime().kube.get(kind, meta["namespace"], meta["name"], fresh=fresh)
+        if found is None or found["metadata"].get("uid") != meta["uid"]:
             return None
-        return None if fresh["metadata"].get("deletionTimestamp") else fresh
+        return None if found["metadata"].get("deletionTimestamp") else found
 
     async def run_reconcile(
         kind: str, body: Mapping[str, Any], reconcile: Callable[[Mapping[str, Any]], Awaitable[Outcome]]
@@ -233,9 +264,11 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         GROUP, "quantizedmodels", id="resync-model", interval=config.resync_seconds, registry=registry
     )
     async def model_resync(body: kopf.Body, **_: Any) -> None:
-        # kopf's timer body is the last one this object's worker processed, which lags when the operator
-        # is busy; the safety net acts on the object as it is now (one GET per object per resync).
-        fresh = await current("QuantizedModel", body)
+        # The object from the watch cache (no request; a GET without it). It can lag behind the API server
+        # when the operator is busy, like kopf's timer body: a status decided from a lagging body carries
+        # its resourceVersion and is refused (409), then decided again on a fresh read (run_reconcile), so a
+        # lag costs a retry, never a stale write.
+        fresh = await current("QuantizedModel", body, fresh=False)
         if fresh is not None:
             await reconcile_model(fresh)
 
@@ -243,6 +276,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     async def model_deleted(body: kopf.Body, **_: Any) -> None:
         rt = runtime()
         rt.metrics.forget_model(body["metadata"]["namespace"], body["metadata"]["name"])
+        rt.models.verifier.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         rt.locks.pop(body["metadata"]["uid"], None)
 
     # ModelArtifact: the same, plus eviction of its files before it goes (the finalizer).
@@ -255,7 +289,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         GROUP, "modelartifacts", id="resync-artifact", interval=config.resync_seconds, registry=registry
     )
     async def artifact_resync(body: kopf.Body, **_: Any) -> None:
-        fresh = await current("ModelArtifact", body)  # as for models: the timer's body may lag
+        fresh = await current("ModelArtifact", body, fresh=False)  # as for models
         if fresh is not None:
             await reconcile_artifact(fresh)
 

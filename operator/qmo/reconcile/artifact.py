@@ -14,18 +14,18 @@ from qmo.api.artifact import ArtifactQuality, ModelArtifactSpec
 from qmo.api.base import API_VERSION
 from qmo.desired.artifact import artifact_size, build_evict_job, build_quantize_job
 from qmo.desired.common import Owner
+from qmo.desired.jobs import job_seconds, job_state, termination_message, unschedulable_message
 from qmo.desired.names import evict_job_name, quantize_job_name
 from qmo.desired.quality import gate_verdict, quality_thresholds
-from qmo.reconcile.jobs import job_seconds, job_state, termination_message, unschedulable_message
-from qmo.reconcile.kube import ApiError, Kube, Manifest, label_selector
-from qmo.reconcile.outcome import Event, Outcome
-from qmo.reconcile.status import (
+from qmo.desired.status import (
     condition,
     format_validation_error,
     merge_patch_for,
     now_rfc3339,
     status_write,
 )
+from qmo.reconcile.kube import ApiError, Kube, Manifest, label_selector
+from qmo.reconcile.outcome import Event, Outcome
 
 log = logging.getLogger(__name__)
 

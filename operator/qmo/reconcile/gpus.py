@@ -6,12 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from pydantic import ValidationError
 
 from qmo.api.gpuclass import GPUClassSpec
-from qmo.desired.common import Placement
+from qmo.desired.common import Placement, ResolvedGPU
 from qmo.planner import BUILTIN_GPUS, GPUSpec
 from qmo.reconcile.kube import ApiError, Kube, Manifest, label_selector
 
@@ -35,13 +35,6 @@ BUILTIN_PRODUCT_LABELS: dict[str, str] = {
 
 class UnknownGPUClass(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class ResolvedGPU:
-    spec: GPUSpec
-    placement: Placement
-    price_per_hour: float | None = None
 
 
 def from_gpu_class(name: str, spec: GPUClassSpec) -> ResolvedGPU:

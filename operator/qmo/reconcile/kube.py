@@ -18,6 +18,11 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from qmo.desired.common import label_selector
+from qmo.reconcile.cache import WatchCache
+
+__all__ = ["API_VERSIONS", "KINDS", "ApiError", "Credentials", "Kube", "label_selector", "load_credentials"]
+
 Manifest = dict[str, Any]
 
 # kind -> (plural, namespaced). Only the kinds qmo reads or writes.
@@ -84,11 +89,6 @@ class ApiError(Exception):
         return self.status in (429, 500, 502, 503, 504) or self.status == 0
 
 
-def label_selector(labels: Mapping[str, str]) -> str:
-    """Labels as the API's labelSelector parameter spells an equality match (sorted: one spelling)."""
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-
-
 def path_for(
     kind: str, namespace: str | None = None, name: str | None = None, *, subresource: str = ""
 ) -> str:
@@ -103,6 +103,16 @@ def path_for(
     if subresource:
         base += f"/{subresource}"
     return base
+
+
+def resource_of(path: str) -> str:
+    """The resource a request path addresses, with its subresource: ``quantizedmodels/status``."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    # /api/v1/... or /apis/group/version/...; then namespaces/NS when namespaced; then plural[/name[/sub]]
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]
+    return rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "") if rest else "unknown"
 
 
 @dataclass(frozen=True)
@@ -168,7 +178,7 @@ class Kube:
         credentials: Credentials,
         *,
         timeout: float = 30.0,
-        on_request: Callable[[str], None] | None = None,
+        on_request: Callable[[str, str], None] | None = None,
     ) -> None:
         self._credentials = credentials
         context = ssl.create_default_context(cafile=credentials.ca_file)
@@ -186,7 +196,14 @@ class Kube:
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
         self.requests: Counter[str] = Counter()
+        """Requests sent, by verb."""
+        self.requests_by_resource: Counter[tuple[str, str]] = Counter()
+        """Requests sent, by (verb, resource): what the fleet benchmark breaks requests per model into."""
         self._on_request = on_request
+        self.cache: WatchCache | None = None
+        """Set by the operator once its watch indexes exist: get and list of the kinds it covers are
+        answered from it (``fresh=True`` still asks the API server)."""
+        self.cache_reads: Counter[str] = Counter()
 
     async def close(self) -> None:
         await self._session.close()
@@ -200,9 +217,11 @@ class Kube:
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
     ) -> Manifest:
+        resource = resource_of(path)
         self.requests[method] += 1
+        self.requests_by_resource[method, resource] += 1
         if self._on_request is not None:
-            self._on_request(method)
+            self._on_request(method, resource)
         url = path + (f"?{urlencode(params)}" if params else "")
         data = None if body is None else json.dumps(body)
         for attempt in (1, 2):
@@ -233,8 +252,13 @@ class Kube:
         except (TimeoutError, aiohttp.ClientError) as error:
             raise ApiError(0, "Unreachable", f"{type(error).__name__}: {error}") from error
 
-    async def get(self, kind: str, namespace: str | None, name: str) -> Manifest | None:
-        """The object, or None if it does not exist."""
+    async def get(
+        self, kind: str, namespace: str | None, name: str, *, fresh: bool = False
+    ) -> Manifest | None:
+        """The object, or None if it does not exist (from the watch cache unless ``fresh``)."""
+        if not fresh and self.cache is not None and self.cache.covers(kind):
+            self.cache_reads[kind] += 1
+            return self.cache.get(kind, namespace, name)
         try:
             return await self._request("GET", path_for(kind, namespace, name))
         except ApiError as error:
@@ -245,6 +269,11 @@ class Kube:
     async def list(
         self, kind: str, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
     ) -> list[Manifest]:
+        if not field_selector and self.cache is not None and self.cache.covers(kind):
+            cached = self.cache.list(kind, namespace, label_selector)
+            if cached is not None:
+                self.cache_reads[kind] += 1
+                return cached
         selectors = {"labelSelector": label_selector, "fieldSelector": field_selector}
         params = {key: value for key, value in selectors.items() if value} or None
         result = await self._request("GET", path_for(kind, namespace), params=params)

@@ -77,8 +77,8 @@ class Metrics:
         )
         self.api_requests = Counter(
             "qmo_api_requests_total",
-            "Requests the reconcilers sent to the API server, by verb",
-            ["verb"],
+            "Requests the reconcilers sent to the API server, by verb and resource",
+            ["verb", "resource"],
             registry=registry,
         )
         self.plan_gpus = Gauge(

@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from qmo.desired.common import Event
 
-@dataclass
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
+__all__ = ["Event", "Outcome", "PermanentFailure", "RetryLater", "Waiting"]
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 from qmo.api.quantizedmodel import ModelSource, QuantizedModelSpec
 from qmo.desired.artifact import build_inspect_job
 from qmo.desired.common import Owner
+from qmo.desired.jobs import job_state, termination_message
 from qmo.desired.names import inspect_job_name
-from qmo.reconcile.jobs import job_state, termination_message
 from qmo.reconcile.kube import Kube, label_selector
 from qmo.reconcile.outcome import PermanentFailure, Waiting
 from qmo.reconcile.source import HubClient, SourceError

@@ -7,14 +7,15 @@ their ``/metrics``) only when a decision is due, and shapes the result for statu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from qmo.api.quantizedmodel import PlanStatus
+from qmo.desired.common import Event
 from qmo.desired.names import DESIRED_HASH_ANNOTATION
 from qmo.desired.serving import selector_labels
 from qmo.desired.verification import (
     MISMATCH_PERCENT,
+    Verification,
     kv_error_percent,
     observation_due,
     plan_matches,
@@ -23,25 +24,8 @@ from qmo.desired.verification import (
 )
 from qmo.reconcile.kube import Kube, label_selector
 from qmo.reconcile.observe import PodMetricsScraper
-from qmo.reconcile.outcome import Event
 
 SERVING_CONTAINER = "vllm"
-
-
-@dataclass
-class Verification:
-    status: bool | None
-    reason: str
-    message: str
-    observed: dict[str, Any] | None = None
-    """status.plan.observed (wire spelling), or None before any observation of this template."""
-    replan: dict[str, Any] | None = None
-    """status.replan while it applies to this generation."""
-    replanned_now: bool = False
-    """This reconcile decided the re-plan: plan again and apply before writing status."""
-    degraded: bool = False
-    """The plan's arguments do not start and nothing is left to try."""
-    events: list[Event] = field(default_factory=list)
 
 
 def deployment_hash(deployment: Mapping[str, Any] | None) -> str:
@@ -81,10 +65,26 @@ def observation(
     return observed
 
 
+def same_figures(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether a new observation says what the recorded one says (everything but when it was read)."""
+    if old is None:
+        return False
+    return {k: v for k, v in old.items() if k != "scrapedAt"} == {
+        k: v for k, v in new.items() if k != "scrapedAt"
+    }
+
+
 class PlanVerifier:
     def __init__(self, kube: Kube, scraper: PodMetricsScraper) -> None:
         self.kube = kube
         self.scraper = scraper
+        # When each model's pods were last read, in memory: a re-read that finds the same figures keeps the
+        # status as it was (its scrapedAt is when these figures were first read), so a fleet at rest writes
+        # nothing. After a restart the status's scrapedAt decides, and the first re-read may come early.
+        self.last_read: dict[tuple[str, str], str] = {}
+
+    def forget(self, namespace: str, model: str) -> None:
+        self.last_read.pop((namespace, model), None)
 
     async def verify(
         self,
@@ -110,7 +110,14 @@ class PlanVerifier:
         args = container_args(deployment)
         if deployment is not None and rolled:
             revision = f"{current}/{ready}"
-            if observation_due(observed, revision=revision, now=now):
+            last_read = self.last_read.get((namespace, model))
+            seen = (
+                {**observed, "scrapedAt": max(str(observed.get("scrapedAt") or ""), last_read)}
+                if observed and last_read
+                else observed
+            )
+            if observation_due(seen, revision=revision, now=now):
+                self.last_read[namespace, model] = now
                 if pods is None:
                     pods = await self.kube.list(
                         "Pod", namespace, label_selector=label_selector(selector_labels(model))
@@ -125,9 +132,11 @@ class PlanVerifier:
                 errors = (
                     scrape.errors if running else {"pods": "no ready serving pod runs the current template"}
                 )
-                observed = observation(
+                fresh = observation(
                     scrape.caches, errors, predicted=planned.kv_cache_tokens, revision=revision, now=now
                 )
+                if not same_figures(observed, fresh):
+                    observed = fresh
         result = self._judge(observed, planned)
         result.observed, result.replan = observed, replan
         previous: Mapping[str, Any] = next(
