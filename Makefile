@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv tools vllm test test-unit test-cluster test-worker test-serving lint demo sandbox-build clean
+.PHONY: venv tools vllm prereqs test test-unit test-cluster test-worker test-serving lint demo sandbox-build clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ vllm: venv
 sandbox-build: venv
 	$(PY) -m qmo sandbox build
 
+# Both at once on a fresh machine: the Go build is CPU-bound, the engine install mostly downloads.
+prereqs: venv
+	$(MAKE) --no-print-directory -j2 sandbox-build vllm
+
 lint: venv
 	$(VENV)/bin/ruff check operator tests benchmarks
 	$(VENV)/bin/ruff format --check operator tests benchmarks
@@ -36,7 +40,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # Everything: lint, pure unit tests, the quantizer on CPU, real vLLM on CPU, and the real control plane.
-test: venv tools lint vllm sandbox-build
+test: venv tools lint prereqs
 	$(PY) -m pytest tests
 
 test-unit: venv tools
@@ -53,7 +57,7 @@ test-cluster: sandbox-build
 
 # The operator's main job on the local sandbox: fake GPU nodes plus a real CPU node; example QuantizedModels
 # going to Ready, the tiny one really quantized and served by vLLM, ending with its answer.
-demo: sandbox-build vllm
+demo: prereqs
 	$(PY) -m qmo sandbox demo
 
 clean:
