@@ -234,3 +234,51 @@ def test_a_reread_with_the_same_figures_keeps_status_so_a_fleet_at_rest_writes_n
     changed = verify(old, "2026-12-07T00:22:00Z").observed
     assert metrics_server.requests == 3
     assert changed["kvCacheTokens"] == 6400 and changed["scrapedAt"] == "2026-12-07T00:22:00Z"
+
+
+class LaggingPods:
+    """The pods as a lagging watch cache shows them (one Ready) and as the API server does (two)."""
+
+    def __init__(self, cached: list[dict[str, Any]], current: list[dict[str, Any]]) -> None:
+        self.cached, self.current, self.fresh_reads = cached, current, 0
+
+    async def list(self, kind: str, namespace: str, *, label_selector: str = "", fresh: bool = False) -> Any:
+        self.fresh_reads += fresh
+        return self.current if fresh else self.cached
+
+
+def test_pods_the_watch_has_not_shown_ready_yet_are_read_from_the_api_server(
+    metrics_server: MetricsStandIn,
+) -> None:
+    """The Deployment says two ready replicas before the Pod watch does: the observation still has both."""
+    metrics_server.failures = 0
+
+    def pod(name: str, ready: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": ready}]},
+            "spec": {"containers": [{"name": "vllm", "args": ARGS}]},
+        }
+
+    kube = LaggingPods([pod("a", "True"), pod("b", "False")], [pod("a", "True"), pod("b", "True")])
+    deployment = {
+        "metadata": {"annotations": {"qmo.dev/desired-hash": "h"}},
+        "spec": {"template": {"spec": {"containers": [{"name": "vllm", "args": ARGS}]}}},
+    }
+    verifier = PlanVerifier(kube, PodMetricsScraper(timeout=2.0, attempts=1, port=metrics_server.port))  # type: ignore[arg-type]
+    result = asyncio.run(
+        verifier.verify(
+            namespace="ns",
+            model="m",
+            old={},
+            planned=planned(8000),
+            deployment=deployment,
+            rolled=True,
+            ready=2,
+            pods=None,
+            generation=1,
+            now="2026-12-07T00:00:00Z",
+        )
+    )
+    assert result.observed["pods"] == 2 and result.observed["revision"] == "h/2"
+    assert kube.fresh_reads == 1 and metrics_server.requests == 2

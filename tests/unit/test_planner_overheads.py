@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qmo.api.versions import DEFAULT_VLLM_IMAGE, VLLM_VERSION
-from qmo.planner import PlanningError, PlanRequest, gpu_by_name, plan
+from qmo.planner import GPUSpec, PlanningError, PlanRequest, gpu_by_name, plan
 from qmo.planner.calibration import (
     CALIBRATED_VERSION,
     CalibrationRecord,
@@ -67,6 +67,20 @@ def test_activation_is_the_largest_phase_of_the_profile_run() -> None:
     terms = small.overhead_terms_gib
     assert small.activation_gib_per_gpu == pytest.approx(max(terms.values()), abs=1e-3)
     assert terms["sampler"] > terms["forward"]  # 1024 rows of 128k logits beat 16k tokens of MLP
+
+
+def test_the_cpu_backend_pays_only_the_working_sets_it_allocates() -> None:
+    """vLLM's CPU worker profiles nothing and captures no graphs: no floor, no CUDA workspaces, no graphs.
+
+    A GPU-calibrated 0.95 GiB floor on a 1 GiB host budget refused every tiny model the serving tests run.
+    """
+    cpu = GPUSpec(name="cpu", memory_gib=1.0, gpus_per_node=1, fp8=False, interconnect="none", device="cpu")
+    request = PlanRequest(max_model_len=512, max_num_seqs=256, max_num_batched_tokens=2048)
+    on_cpu = plan(LLAMA | {"num_hidden_layers": 1, "vocab_size": 2048}, request, cpu)
+    assert on_cpu.overhead_terms_gib["floor"] == 0
+    assert on_cpu.non_torch_gib_per_gpu == 0 and on_cpu.cudagraph_gib_per_gpu == 0
+    terms = on_cpu.overhead_terms_gib
+    assert on_cpu.activation_gib_per_gpu == pytest.approx(max(terms["forward"], terms["sampler"]), abs=1e-3)
 
 
 def test_cudagraph_capture_sizes_follow_vllm() -> None:

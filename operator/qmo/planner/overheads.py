@@ -13,6 +13,11 @@ vLLM 0.25.1 sizes the KV pool in ``Worker.determine_available_memory`` (vllm/v1/
   each CUDA-graph mode and estimates ``first capture + per-graph x (graphs - 1)``, per-graph at least 1 MiB;
   the capture sizes are ``VllmConfig._set_cudagraph_sizes`` (vllm/config/vllm.py).
 
+On vLLM's CPU backend (``device="cpu"``) the worker profiles nothing: the KV pool is the bytes it is given
+(``--kv-cache-memory-bytes``), and the CUDA-only terms (the profile floor, a CUDA caching-allocator
+transient; non-torch CUDA workspaces; graph captures) do not exist there. Only the forward and sampler
+working sets, which the CPU engine allocates the same way, share the budget with weights and KV.
+
 Each function below cites what it models; the bytes that code does not fix statically come from a
 ``Calibration`` of one vLLM version (planner/calibration.py). docs/planner.md derives every term.
 """
@@ -178,12 +183,17 @@ def overheads(
     max_num_seqs: int,
     act_bytes: int = 2,
     calibration: Calibration | None = None,
+    device: str = "gpu",
 ) -> Overheads:
     cal = calibration or CALIBRATIONS[CALIBRATED_VERSION]
     shape = {"tp": tp, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
+    forward = max_num_batched_tokens * forward_bytes_per_token(arch, tp, act_bytes)
+    sampler = sampler_peak_bytes(arch, cal, act_bytes=act_bytes, **shape)
+    if device == "cpu":
+        return Overheads(forward=forward, sampler=sampler, floor=0, non_torch=0, cudagraph=0)
     return Overheads(
-        forward=max_num_batched_tokens * forward_bytes_per_token(arch, tp, act_bytes),
-        sampler=sampler_peak_bytes(arch, cal, act_bytes=act_bytes, **shape),
+        forward=forward,
+        sampler=sampler,
         floor=profile_floor_bytes(arch, cal, tp=tp, act_bytes=act_bytes),
         non_torch=cal.non_torch_bytes + (cal.non_torch_tp_bytes if tp > 1 else 0),
         cudagraph=cudagraph_bytes(arch, cal, act_bytes=act_bytes, **shape),

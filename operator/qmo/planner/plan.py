@@ -256,6 +256,7 @@ def _evaluate(
         max_num_seqs=request.max_num_seqs,
         act_bytes=DTYPE_BYTES[dtype],
         calibration=calibration,
+        device=gpu.device,
     )
     budget = int(gpu.memory_gib * GIB * request.gpu_memory_utilization)
     kv_bytes = max(0, budget - weights - over.total - residual)

@@ -15,7 +15,8 @@ hash annotation differs, the same apply goes out) or a conflict the reconcile re
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,12 +81,31 @@ def parse_selector(selector: str) -> dict[str, str] | None:
     return labels
 
 
+def newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether object ``a`` is a later version than ``b`` of the same object. resourceVersions are etcd
+    revisions, integers in every API server qmo supports; anything else counts as not newer."""
+    try:
+        return int(a["metadata"]["resourceVersion"]) > int(b["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 @dataclass
 class WatchCache:
-    """The kopf indexes, bound once at operator start; empty (answers nothing) until then."""
+    """The kopf indexes, bound once at operator start; empty (answers nothing) until then.
+
+    Plus what the operator itself last wrote (``remember``): kopf updates an object's index entry in that
+    object's worker, which lags while a fleet converges, and a read just after one's own write must not see
+    the object as it was before (a status decided from it is refused with a conflict, an artifact this model
+    already joined would be joined again). A written object is answered until the index has caught up with
+    it, and for ``written_ttl`` seconds at most (a deletion by someone else is never masked for longer).
+    """
 
     indexes: dict[str, Index] = field(default_factory=dict)
     kinds: dict[str, WatchedKind] = field(default_factory=lambda: {w.kind: w for w in WATCHED_KINDS})
+    written_ttl: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    written: dict[tuple[str, str, str], tuple[float, Manifest]] = field(default_factory=dict)
 
     def bind(self, handler_kwargs: Mapping[str, Any]) -> None:
         """Take the indexes from a kopf handler's kwargs (kopf hands every handler all of them)."""
@@ -100,24 +120,53 @@ class WatchCache:
         as missing, and qmo's server-side apply takes it over as it would after reading it."""
         return kind in self.indexes
 
+    def remember(self, body: Mapping[str, Any]) -> None:
+        """An object as the API server answered one of qmo's own writes."""
+        kind, meta = body.get("kind"), body.get("metadata") or {}
+        if kind in self.indexes and meta.get("name") and meta.get("resourceVersion"):
+            key = (str(kind), str(meta.get("namespace") or ""), str(meta["name"]))
+            self.written[key] = (self.clock(), copy.deepcopy(dict(body)))
+
+    def forget(self, kind: str, namespace: str | None, name: str) -> None:
+        """qmo deleted it: never answer what it wrote before."""
+        self.written.pop((kind, namespace or "", name), None)
+
+    def _current(self, kind: str, indexed: Manifest | None, key: tuple[str, str, str]) -> Manifest | None:
+        entry = self.written.get(key)
+        if entry is None:
+            return indexed
+        at, body = entry
+        if self.clock() - at > self.written_ttl or (indexed is not None and not newer(body, indexed)):
+            del self.written[key]  # the watch has caught up (or is as new): it answers from now on
+            return indexed
+        return body
+
     def get(self, kind: str, namespace: str | None, name: str) -> Manifest | None:
-        found = self.indexes[kind].get((namespace or "", name))
-        for body in found or ():
-            return copy.deepcopy(body)
-        return None
+        found = next(iter(self.indexes[kind].get((namespace or "", name)) or ()), None)
+        current = self._current(kind, found, (kind, namespace or "", name))
+        return copy.deepcopy(current) if current is not None else None
 
     def list(self, kind: str, namespace: str | None, label_selector: str = "") -> list[Manifest] | None:
         """The objects matching, or None when the selector is not one this cache can answer."""
         wanted = parse_selector(label_selector)
         if wanted is None:
             return None
-        matches: list[Manifest] = []
-        for bodies in self.indexes[kind].values():
-            for body in bodies:
+        bodies: dict[tuple[str, str, str], Manifest | None] = {}
+        for stored in self.indexes[kind].values():
+            for body in stored:
                 meta = body.get("metadata") or {}
-                if namespace is not None and meta.get("namespace") != namespace:
-                    continue
-                labels = meta.get("labels") or {}
-                if all(labels.get(key) == value for key, value in wanted.items()):
-                    matches.append(copy.deepcopy(body))
+                bodies[kind, str(meta.get("namespace") or ""), str(meta["name"])] = body
+        for key in [key for key in self.written if key[0] == kind and key not in bodies]:
+            bodies[key] = None  # written by qmo and not yet seen by the watch
+        matches: list[Manifest] = []
+        for key, indexed in bodies.items():
+            current = self._current(kind, indexed, key)
+            if current is None:
+                continue
+            meta = current.get("metadata") or {}
+            if namespace is not None and meta.get("namespace") != namespace:
+                continue
+            labels = meta.get("labels") or {}
+            if all(labels.get(label) == value for label, value in wanted.items()):
+                matches.append(copy.deepcopy(current))
         return sorted(matches, key=lambda body: body["metadata"]["name"])

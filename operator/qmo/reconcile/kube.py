@@ -267,9 +267,16 @@ class Kube:
             raise
 
     async def list(
-        self, kind: str, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
+        self,
+        kind: str,
+        namespace: str | None,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        fresh: bool = False,
     ) -> list[Manifest]:
-        if not field_selector and self.cache is not None and self.cache.covers(kind):
+        """The objects matching (from the watch cache unless ``fresh`` or a field selector is given)."""
+        if not fresh and not field_selector and self.cache is not None and self.cache.covers(kind):
             cached = self.cache.list(kind, namespace, label_selector)
             if cached is not None:
                 self.cache_reads[kind] += 1
@@ -279,19 +286,29 @@ class Kube:
         result = await self._request("GET", path_for(kind, namespace), params=params)
         return list(result.get("items", []))
 
+    def _written(self, body: Manifest) -> Manifest:
+        """What the API server answered a write with, remembered by the watch cache (read-your-writes)."""
+        if self.cache is not None:
+            self.cache.remember(body)
+        return body
+
     async def create(self, manifest: Manifest) -> Manifest:
         meta = manifest["metadata"]
-        return await self._request("POST", path_for(manifest["kind"], meta.get("namespace")), body=manifest)
+        return self._written(
+            await self._request("POST", path_for(manifest["kind"], meta.get("namespace")), body=manifest)
+        )
 
     async def apply(self, manifest: Manifest, *, field_manager: str = "qmo") -> Manifest:
         """Server-side apply; qmo owns what it applies and takes it back from anyone who edited it."""
         meta = manifest["metadata"]
-        return await self._request(
-            "PATCH",
-            path_for(manifest["kind"], meta.get("namespace"), meta["name"]),
-            body=manifest,
-            content_type="application/apply-patch+yaml",
-            params={"fieldManager": field_manager, "force": "true"},
+        return self._written(
+            await self._request(
+                "PATCH",
+                path_for(manifest["kind"], meta.get("namespace"), meta["name"]),
+                body=manifest,
+                content_type="application/apply-patch+yaml",
+                params={"fieldManager": field_manager, "force": "true"},
+            )
         )
 
     async def patch(
@@ -306,11 +323,13 @@ class Kube:
     ) -> Manifest:
         content_type = "application/json-patch+json" if json_patch else "application/merge-patch+json"
         try:
-            return await self._request(
-                "PATCH",
-                path_for(kind, namespace, name, subresource=subresource),
-                body=body,
-                content_type=content_type,
+            return self._written(
+                await self._request(
+                    "PATCH",
+                    path_for(kind, namespace, name, subresource=subresource),
+                    body=body,
+                    content_type=content_type,
+                )
             )
         except ApiError as error:
             guarded = json_patch and any(op.get("op") == "test" for op in body)
@@ -328,6 +347,8 @@ class Kube:
             body["preconditions"] = {"uid": uid}
         if grace is not None:
             body["gracePeriodSeconds"] = grace
+        if self.cache is not None:
+            self.cache.forget(kind, namespace, name)
         try:
             await self._request("DELETE", path_for(kind, namespace, name), body=body)
         except ApiError as error:

@@ -232,7 +232,7 @@ class ModelReconciler:
         if decision.create_artifact is not None:
             await self._create_artifact(snapshot, decision.create_artifact, decision.cache_claim)
         if decision.adopt_artifact is not None:
-            await self._adopt_artifact(snapshot, decision.adopt_artifact)
+            await self._adopt_artifact(snapshot, decision.adopt_artifact["metadata"]["name"])
         for child in decision.apply:
             await self.kube.apply(child)
         for doomed_kind, doomed in decision.delete:
@@ -255,9 +255,12 @@ class ModelReconciler:
     async def _create_artifact(
         self, snapshot: ModelSnapshot, artifact: Manifest, claim: Manifest | None
     ) -> None:
-        """Create the artifact (and the namespace's cache claim first, when missing). Another model may have
-        created it since the snapshot: then this one joins its users."""
-        namespace = snapshot.namespace
+        """Create the artifact (and the namespace's cache claim first, when missing). The watch cache may not
+        have shown one another model created a moment ago: then this model joins its users instead."""
+        namespace, name = snapshot.namespace, artifact["metadata"]["name"]
+        if await self.kube.get("ModelArtifact", namespace, name, fresh=True) is not None:
+            await self._adopt_artifact(snapshot, name)
+            return
         if (
             claim is not None
             and await self.kube.get("PersistentVolumeClaim", namespace, CACHE_CLAIM_NAME) is None
@@ -269,22 +272,21 @@ class ModelReconciler:
                     raise
         try:
             await self.kube.create(artifact)
-            return
         except ApiError as error:
             if error.status != 409:
                 raise
-        existing = await self.kube.get("ModelArtifact", namespace, artifact["metadata"]["name"], fresh=True)
-        if existing is None:
-            raise RetryLater(f"ModelArtifact {artifact['metadata']['name']} was deleted while being created")
-        if not any(
-            ref.get("uid") == snapshot.uid for ref in existing["metadata"].get("ownerReferences") or []
-        ):
-            await self._adopt_artifact(snapshot, existing)
+            await self._adopt_artifact(snapshot, name)
 
-    async def _adopt_artifact(self, snapshot: ModelSnapshot, artifact: Mapping[str, Any]) -> None:
-        """Add this model to an existing artifact's users: a JSON patch guarded by the resourceVersion it
-        was read at, so two models never fight over the artifact's spec or each other's references."""
+    async def _adopt_artifact(self, snapshot: ModelSnapshot, name: str) -> None:
+        """Add this model to an existing artifact's users: a JSON patch guarded by the resourceVersion of a
+        fresh read (the watch cache's may lag while a fleet joins), so two models never fight over the
+        artifact's spec or each other's references."""
+        artifact = await self.kube.get("ModelArtifact", snapshot.namespace, name, fresh=True)
+        if artifact is None:
+            raise RetryLater(f"ModelArtifact {name} went away while this model joined it")
         meta = artifact["metadata"]
+        if any(ref.get("uid") == snapshot.uid for ref in meta.get("ownerReferences") or []):
+            return
         reference = snapshot.owner.reference(controller=False)
         ops: list[dict[str, Any]] = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
@@ -293,4 +295,4 @@ class ModelReconciler:
             ops.append({"op": "add", "path": "/metadata/ownerReferences/-", "value": reference})
         else:
             ops.append({"op": "add", "path": "/metadata/ownerReferences", "value": [reference]})
-        await self.kube.patch("ModelArtifact", snapshot.namespace, meta["name"], ops, json_patch=True)
+        await self.kube.patch("ModelArtifact", snapshot.namespace, name, ops, json_patch=True)

@@ -48,6 +48,15 @@ def _ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def _running(pods: Sequence[Mapping[str, Any]], args: Sequence[str]) -> list[Mapping[str, Any]]:
+    """The ready pods that run the current template's arguments."""
+    return [
+        p
+        for p in pods
+        if _ready(p) and any(c.get("args") == list(args) for c in p.get("spec", {}).get("containers", []))
+    ]
+
+
 def observation(
     caches: Mapping[str, Any], errors: Mapping[str, str], *, predicted: int, revision: str, now: str
 ) -> dict[str, Any]:
@@ -118,16 +127,15 @@ class PlanVerifier:
             )
             if observation_due(seen, revision=revision, now=now):
                 self.last_read[namespace, model] = now
+                selector = label_selector(selector_labels(model))
                 if pods is None:
-                    pods = await self.kube.list(
-                        "Pod", namespace, label_selector=label_selector(selector_labels(model))
-                    )
-                running = [
-                    p
-                    for p in pods
-                    if _ready(p)
-                    and any(c.get("args") == args for c in p.get("spec", {}).get("containers", []))
-                ]
+                    pods = await self.kube.list("Pod", namespace, label_selector=selector)
+                running = _running(pods, args)
+                if len(running) < ready:
+                    # The Deployment's watch said Ready before the pods' watch did: read the pods themselves,
+                    # or this revision would be recorded with fewer pods than it has and never read again.
+                    pods = await self.kube.list("Pod", namespace, label_selector=selector, fresh=True)
+                    running = _running(pods, args)
                 scrape = await self.scraper.scrape(running)
                 errors = (
                     scrape.errors if running else {"pods": "no ready serving pod runs the current template"}

@@ -1,0 +1,90 @@
+"""The watch cache: reads answered from kopf's indexes, and the operator's own writes until the watch has them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qmo.reconcile.cache import WATCHED_KINDS, WatchCache, index_entry, index_id, parse_selector
+
+
+class FakeIndex(dict[tuple[str, str], list[dict[str, Any]]]):
+    """What kopf hands handlers: key -> the values indexed under it."""
+
+    def put(self, body: dict[str, Any]) -> None:
+        for key, value in index_entry(body).items():
+            self[key] = [value]
+
+
+def obj(kind: str, name: str, version: int, **labels: str) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "ns", "resourceVersion": str(version), "labels": labels},
+    }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cache_with(*bodies: dict[str, Any]) -> tuple[WatchCache, FakeIndex, Clock]:
+    index = FakeIndex()
+    for body in bodies:
+        index.put(body)
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    cache.bind({index_id("Pod"): index, "unrelated": object()})
+    return cache, index, clock
+
+
+def test_only_bound_kinds_are_answered_here() -> None:
+    cache, _, _ = cache_with()
+    assert cache.covers("Pod") and not cache.covers("Deployment")
+    assert {w.kind for w in WATCHED_KINDS} >= {"ModelArtifact", "Deployment", "Pod", "GPUClass"}
+
+
+def test_gets_and_lists_by_namespace_and_labels_are_copies() -> None:
+    a, b = obj("Pod", "a", 1, app="x"), obj("Pod", "b", 1, app="y")
+    cache, _, _ = cache_with(a, b)
+    got = cache.get("Pod", "ns", "a")
+    assert got == a and got is not a
+    got["metadata"]["name"] = "changed"  # a caller's edit never reaches the cache
+    assert cache.get("Pod", "ns", "a") == a
+    assert [p["metadata"]["name"] for p in cache.list("Pod", "ns", "app=x") or []] == ["a"]
+    assert [p["metadata"]["name"] for p in cache.list("Pod", "ns") or []] == ["a", "b"]
+    assert cache.list("Pod", "other") == [] and cache.get("Pod", "ns", "c") is None
+
+
+def test_selectors_other_than_equality_go_to_the_api_server() -> None:
+    assert parse_selector("a=b, c=d") == {"a": "b", "c": "d"}
+    assert parse_selector("a==b") is None and parse_selector("a!=b") is None and parse_selector("a") is None
+    cache, _, _ = cache_with(obj("Pod", "a", 1))
+    assert cache.list("Pod", "ns", "tier in (web)") is None
+
+
+def test_own_writes_are_read_back_until_the_watch_catches_up() -> None:
+    cache, index, clock = cache_with(obj("Pod", "a", 5))
+    cache.remember(obj("Pod", "a", 7, written="yes"))
+    cache.remember(obj("Pod", "new", 8))
+    assert (cache.get("Pod", "ns", "a") or {})["metadata"]["resourceVersion"] == "7"
+    assert [p["metadata"]["name"] for p in cache.list("Pod", "ns") or []] == ["a", "new"]
+    index.put(obj("Pod", "a", 9, later="someone else"))  # the watch delivered a newer version
+    assert (cache.get("Pod", "ns", "a") or {})["metadata"]["labels"] == {"later": "someone else"}
+    clock.now = 31.0  # never longer than the time-to-live: "new" was deleted meanwhile, say
+    assert cache.get("Pod", "ns", "new") is None and cache.written == {}
+
+
+def test_a_deletion_by_qmo_drops_what_it_wrote() -> None:
+    cache, _, _ = cache_with()
+    cache.remember(obj("Pod", "gone", 3))
+    cache.forget("Pod", "ns", "gone")
+    assert cache.get("Pod", "ns", "gone") is None
+
+
+def test_writes_of_kinds_not_watched_are_not_kept() -> None:
+    cache, _, _ = cache_with()
+    cache.remember(obj("Secret", "s", 1))
+    assert cache.written == {}
