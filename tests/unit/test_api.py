@@ -32,6 +32,7 @@ def test_minimal_spec_gets_the_documented_defaults() -> None:
     spec = parse_spec(minimal_spec())
     assert spec.serving.replicas == 1
     assert spec.serving.tensor_parallel_size == "auto"
+    assert spec.serving.max_nodes == 1
     assert spec.quantization.effective_bits == 4
     assert spec.quantization.group_size == 128
     assert spec.cache.access_mode == "ReadWriteMany"
@@ -60,6 +61,7 @@ def test_wire_form_round_trips_with_camel_case_keys() -> None:
         ({"serving": {"gpuClass": "h100", "replicas": -1}}, "serving.replicas"),
         ({"serving": {"gpuClass": "h100", "tensorParallelSize": "many"}}, "serving.tensorParallelSize"),
         ({"serving": {"gpuClass": "h100", "gpuMemoryUtilization": 1.5}}, "serving.gpuMemoryUtilization"),
+        ({"serving": {"gpuClass": "h100", "maxNodes": 0}}, "serving.maxNodes"),
         ({"serving": {"gpuClass": "h100", "typo": 1}}, "serving.typo"),
         (
             {

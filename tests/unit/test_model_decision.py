@@ -6,6 +6,7 @@ controller status, pods); ``decide_model`` is the one pure function ``reconcile/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,30 @@ def test_a_plan_that_does_not_fit_is_a_failure_naming_why() -> None:
     snap = snapshot(spec={**SPEC, "serving": serving, "quantization": {"method": "none"}})
     result = plan_model(snap)
     assert isinstance(result, Failure) and result.reason == "DoesNotFit" and "GiB" in result.message
+
+
+LLAMA_405B = json.loads((Path(__file__).parent / "configs" / "llama-3.1-405b.json").read_text())
+
+
+def test_a_multi_node_plan_is_not_rolled_out_as_a_single_node_deployment() -> None:
+    serving = {**SPEC["serving"], "maxNodes": 2}
+    snap = snapshot(spec={**SPEC, "serving": serving, "quantization": {"method": "none"}})
+    result = plan_model(dataclasses.replace(snap, config=LLAMA_405B))
+    assert isinstance(result, Failure) and result.reason == "MultiNodeNotRolledOut"
+    assert result.message.startswith(
+        "multi-node serving (PP=2 across 2 nodes) is planned but not rolled out by this version"
+    )
+    assert "tensor-parallel-size 8 x pipeline-parallel-size 2 on h100-80gb" in result.message
+
+
+def test_max_nodes_reaches_the_plan_and_one_node_stays_the_default() -> None:
+    snap = snapshot(spec={**SPEC, "quantization": {"method": "none"}})
+    result = plan_model(dataclasses.replace(snap, config=LLAMA_405B))
+    assert isinstance(result, Failure) and result.reason == "DoesNotFit"
+    assert "needs 2 nodes of 8x h100-80gb" in result.message and "max_nodes allows 1" in result.message
+    assert intent_of(snapshot(spec={**SPEC, "serving": {**SPEC["serving"], "maxNodes": 4}})).serving_plan == (
+        intent_of(snapshot()).serving_plan
+    )
 
 
 def test_verification_figures_and_replan_reach_status() -> None:

@@ -174,3 +174,54 @@ def test_a_calibration_file_corrects_the_plan_and_shows_the_residual(
     path.write_text(json.dumps({"records": [{"gpu": "h100-80gb"}]}))
     code, _, err = run(capsys, *calibrated)
     assert code == 2 and "records[0].vllm_version is mandatory" in err
+
+
+LLAMA_405B = str(Path(__file__).parent / "configs" / "llama-3.1-405b.json")
+
+
+def test_max_nodes_plans_pipeline_stages_in_json_and_args(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--config", LLAMA_405B, "--max-nodes", "2", "--output", "json")
+    data = json.loads(out)
+    assert code == 0 and data["fits"] is True
+    assert (data["tensor_parallel_size"], data["pipeline_parallel_size"], data["gpus"]) == (8, 2, 16)
+    assert data["vllm_args"][:2] == ["--tensor-parallel-size=8", "--pipeline-parallel-size=2"]
+    assert [(s["rank"], s["first_layer"], s["num_layers"]) for s in data["pipeline_stages"]] == [
+        (0, 0, 63),
+        (1, 63, 63),
+    ]
+    assert data["kv_cache_blocks"] == min(s["kv_cache_blocks_room"] for s in data["pipeline_stages"])
+
+
+def test_single_node_json_says_one_stage_and_args_have_no_pipeline_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(
+        capsys, "--config", LLAMA, "--max-model-len", "8192", "--max-nodes", "2", "--output", "json"
+    )
+    data = json.loads(out)
+    assert code == 0 and (data["pipeline_parallel_size"], data["pipeline_stages"]) == (1, [])
+    assert not any(arg.startswith("--pipeline-parallel-size") for arg in data["vllm_args"])
+
+
+def test_table_shows_tp_by_pp_and_each_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--config", LLAMA_405B, "--max-nodes", "2")
+    assert code == 0
+    assert "x 16 (8 per node x 2 nodes)" in out
+    assert "pipeline-parallel-size  2 (decoder layers per stage: 0-62, 63-125)" in out
+    for word in ("stage 0", "stage 1", "KV blocks with room", "stage 1 activations = max(", "stage input"):
+        assert word in out
+    assert "--tensor-parallel-size=8 --pipeline-parallel-size=2" in out
+
+
+def test_one_node_refusal_names_the_nodes_needed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--config", LLAMA_405B, "--output", "json")
+    data = json.loads(out)
+    assert code == 1 and data["fits"] is False
+    assert "needs 2 nodes of 8x h100-80gb" in data["reason"] and "max_nodes allows 1" in data["reason"]
+
+
+def test_a_pipeline_beyond_max_nodes_is_a_refusal_with_its_field(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--config", LLAMA_405B, "--pipeline-parallel-size", "2", "--output", "json")
+    data = json.loads(out)
+    assert code == 1 and data["field"] == "pipeline_parallel_size"
+    assert data["reason"] == "pipeline_parallel_size 2 needs 2 nodes of 8x h100-80gb, max_nodes allows 1"

@@ -357,6 +357,10 @@ class ServingSpec(ApiModel):
     """auto lets the planner choose fp8 where the GPU supports it and more capacity is needed."""
     tensor_parallel_size: TensorParallelSize = "auto"
     """auto (smallest that fits) or a fixed number of GPUs per replica."""
+    max_nodes: int = Field(default=1, ge=1, le=64)
+    """Nodes one replica may span. Above 1, a model no single node of the GPU class holds is planned with
+    tensor parallelism inside each node and pipeline parallelism across nodes; this version plans such a
+    model (status says how) but does not roll multi-node serving out."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0.05, le=0.99)
     """Fraction of each GPU's total memory vLLM may use."""
     max_num_seqs: int | None = Field(default=None, ge=1, le=4096)

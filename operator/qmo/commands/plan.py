@@ -26,7 +26,7 @@ class _UsageError(Exception):
     """Bad input that argparse itself cannot see (files, combinations of flags)."""
 
 
-def _tensor_parallel(value: str) -> int | None:
+def _auto_or_positive(value: str) -> int | None:
     if value == "auto":
         return None
     try:
@@ -102,10 +102,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tensor-parallel-size",
-        type=_tensor_parallel,
+        type=_auto_or_positive,
         default=None,
         metavar="{auto,N}",
         help="auto searches the smallest size that fits; N reports that configuration",
+    )
+    parser.add_argument(
+        "--max-nodes",
+        type=_positive_int,
+        default=1,
+        help="nodes one replica may span (default 1); what no single node holds is planned as pipeline "
+        "stages, one per node, each at the node's tensor-parallel size",
+    )
+    parser.add_argument(
+        "--pipeline-parallel-size",
+        type=_auto_or_positive,
+        default=None,
+        metavar="{auto,N}",
+        help="auto takes one node if it fits, else the fewest nodes up to --max-nodes; N reports that many "
+        "stages (needs --max-nodes >= N)",
     )
     parser.add_argument(
         "--vllm-image",
@@ -222,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
             tensor_parallel_size=args.tensor_parallel_size,
             concurrency=args.concurrency,
             vllm_image=args.vllm_image,
+            max_nodes=args.max_nodes,
+            pipeline_parallel_size=args.pipeline_parallel_size,
         )
         record = select_record(
             records, gpu=gpu.name, vllm_version=request.vllm_version, model=_model_name(args, config)
@@ -241,10 +258,17 @@ def render_table(result: ServingPlan, *, max_num_seqs_reason: str | None = None)
     """The plan for people: verdict, the per-GPU memory breakdown, and the vLLM arguments; the reason
     for --max-num-seqs (which concurrency does not set) where the caller knows it."""
     verdict = "FITS" if result.fits else "DOES NOT FIT"
+    pp = result.pipeline_parallel_size
+    gpus = f"{result.gpu} ({result.gpu_memory_gib:g} GiB) x {result.gpus}"
     rows = [
-        ("GPU", f"{result.gpu} ({result.gpu_memory_gib:g} GiB) x {result.gpus}"),
+        ("GPU", gpus if pp == 1 else f"{gpus} ({result.tensor_parallel_size} per node x {pp} nodes)"),
         ("weights", result.weight_format),
         ("tensor-parallel-size", str(result.tensor_parallel_size)),
+        *(
+            [("pipeline-parallel-size", f"{pp} (decoder layers per stage: {_stage_layers(result)})")]
+            if pp > 1
+            else []
+        ),
         ("dtype / KV cache dtype", f"{result.dtype} / {result.kv_cache_dtype}"),
         ("max-model-len", f"{result.max_model_len:,}"),
         ("KV cache tokens", f"{result.kv_cache_tokens:,} ({result.kv_cache_blocks:,} blocks)"),
@@ -262,6 +286,19 @@ def render_table(result: ServingPlan, *, max_num_seqs_reason: str | None = None)
         lines.append(f"  warning: {result.calibration_warning}")
     width = max(len(name) for name, _ in rows)
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    lines += _per_gpu_lines(result) if pp == 1 else _per_stage_lines(result)
+    lines.append(f"  calibration: vLLM {result.calibration_version} (planned for vLLM {result.vllm_version})")
+    lines.append("")
+    lines.append("  vllm serve <model> " + " ".join(result.vllm_args))
+    return "\n".join(lines)
+
+
+def _stage_layers(result: ServingPlan) -> str:
+    return ", ".join(stage.layers for stage in result.pipeline_stages)
+
+
+def _per_gpu_lines(result: ServingPlan) -> list[str]:
+    lines: list[str] = []
     used = (
         result.weights_gib_per_gpu
         + result.activation_gib_per_gpu
@@ -288,7 +325,41 @@ def render_table(result: ServingPlan, *, max_num_seqs_reason: str | None = None)
     lines.append(f"    {'total':<22} {used:7.2f}")
     terms = ", ".join(f"{name} {value:.2f}" for name, value in result.overhead_terms_gib.items())
     lines.append(f"  activations = the profile run's peak, max({terms})")
-    lines.append(f"  calibration: vLLM {result.calibration_version} (planned for vLLM {result.vllm_version})")
-    lines.append("")
-    lines.append("  vllm serve <model> " + " ".join(result.vllm_args))
-    return "\n".join(lines)
+    return lines
+
+
+def _per_stage_lines(result: ServingPlan) -> list[str]:
+    """One column per pipeline stage: every GPU of a stage holds the same, the stages differ."""
+    stages = result.pipeline_stages
+    residual = result.calibration_residual_gib_per_gpu
+    head = "".join(f"{f'stage {stage.rank}':>10}" for stage in stages)
+    lines = [
+        "",
+        f"  per GPU (GiB)     budget {result.budget_gib_per_gpu:7.2f} = {result.gpu_memory_gib:g} x {result.gpu_memory_utilization:g}",
+        f"    {'':<22}{head}",
+        f"    {'decoder layers':<22}" + "".join(f"{stage.layers:>10}" for stage in stages),
+    ]
+    rows = [
+        ("weights", [stage.weights_gib_per_gpu for stage in stages]),
+        ("activations", [stage.activation_gib_per_gpu for stage in stages]),
+        ("non-torch", [stage.non_torch_gib_per_gpu for stage in stages]),
+        ("CUDA graphs", [stage.cudagraph_gib_per_gpu for stage in stages]),
+        ("KV cache", [stage.kv_cache_gib_per_gpu for stage in stages]),
+    ]
+    if residual is not None:
+        rows.append(("calibration residual", [residual for _ in stages]))
+    totals = [sum(values[i] for _, values in rows) for i in range(len(stages))]
+    for name, values in [*rows, ("total", totals)]:
+        lines.append(f"    {name:<22}" + "".join(f"{value:10.2f}" for value in values))
+    lines.append(
+        f"    {'KV blocks with room':<22}" + "".join(f"{stage.kv_cache_blocks_room:>10,}" for stage in stages)
+    )
+    lines.append(
+        "  KV cache: every stage holds the fewest blocks any stage has room for (vLLM's get_kv_cache_configs)"
+    )
+    for stage in stages:
+        terms = dict(stage.overhead_terms_gib)
+        stage_input = terms.pop("stage input", 0.0)
+        peak = ", ".join(f"{name} {value:.2f}" for name, value in terms.items())
+        lines.append(f"  stage {stage.rank} activations = max({peak}) + stage input {stage_input:.2f}")
+    return lines

@@ -98,6 +98,16 @@ def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> Pla
     )
 
 
+def multi_node_message(serving_plan: ServingPlan) -> str:
+    """Why a model whose plan spans nodes is not served, with the plan a later version would roll out."""
+    pp, tp = serving_plan.pipeline_parallel_size, serving_plan.tensor_parallel_size
+    return (
+        f"multi-node serving (PP={pp} across {pp} nodes) is planned but not rolled out by this version: "
+        f"tensor-parallel-size {tp} x pipeline-parallel-size {pp} on {serving_plan.gpu}, "
+        f"{serving_plan.kv_cache_tokens} KV tokens; set spec.serving.maxNodes to 1 to plan on one node only"
+    )
+
+
 def serving_selector(model: str) -> str:
     """The label selector of a model's serving pods, as the API's labelSelector parameter spells it."""
     return label_selector(selector_labels(model))
@@ -186,6 +196,10 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
         return Failure("InvalidModelConfig", message, unexpected=True)
     if not serving_plan.fits:
         return Failure("DoesNotFit", serving_plan.reason or "the model does not fit the GPU class")
+    if serving_plan.pipeline_parallel_size > 1:
+        # The serving objects below are one Deployment of one pod per replica: a multi-node plan must not
+        # silently become a single-node Deployment that cannot start.
+        return Failure("MultiNodeNotRolledOut", multi_node_message(serving_plan))
     planned = plan_status(gpu, serving_plan, spec.quantization.method)
     recipe = artifact_recipe(spec.quantization)
     key = content_key(snapshot.source, recipe)

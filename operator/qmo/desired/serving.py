@@ -77,6 +77,7 @@ def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
         else int(serving.tensor_parallel_size),
         concurrency=serving.concurrency,
         vllm_image=serving.image,
+        max_nodes=serving.max_nodes,
     )
 
 

@@ -37,6 +37,9 @@ class Linear:
     """False for layers every quantization recipe keeps in 16-bit (MoE routers, lm_head)."""
     expert: bool = False
     """A routed MoE expert (vLLM's fused-MoE kernels hold these)."""
+    layers: frozenset[int] | None = None
+    """The decoder layers holding these linears, ``count`` spread evenly over them; None outside the layer
+    stack. Pipeline parallelism places each decoder layer on one stage (vLLM's ``make_layers``)."""
 
     @property
     def params(self) -> int:
@@ -53,6 +56,9 @@ class Tensor:
     sharding: Sharding = "replicated"
     float32: bool = False
     """Held in float32 by vLLM and the checkpoint (e.g. DeepSeek-V3's router score-correction bias)."""
+    layers: frozenset[int] | None = None
+    """As ``Linear.layers``: the decoder layers holding these tensors; None for embeddings, the final norm
+    and a vision tower."""
 
     @property
     def params(self) -> int:
@@ -295,44 +301,48 @@ def _embeddings(d: _Dims, tie: bool) -> list[Linear | Tensor]:
 
 
 def _gqa_attention(
-    d: _Dims, count: int, *, qkv_bias: bool, o_bias: bool, fused: bool = False
+    d: _Dims, layers: frozenset[int], *, qkv_bias: bool, o_bias: bool, fused: bool = False
 ) -> list[Linear]:
     q_out, kv_out = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    count = len(layers)
     if fused:
-        qkv = [Linear("qkv_proj", d.hidden, q_out + 2 * kv_out, count, "column", bias=qkv_bias)]
+        qkv = [
+            Linear("qkv_proj", d.hidden, q_out + 2 * kv_out, count, "column", bias=qkv_bias, layers=layers)
+        ]
     else:
         qkv = [
-            Linear("q_proj", d.hidden, q_out, count, "column", bias=qkv_bias),
-            Linear("k_proj", d.hidden, kv_out, count, "column", bias=qkv_bias),
-            Linear("v_proj", d.hidden, kv_out, count, "column", bias=qkv_bias),
+            Linear("q_proj", d.hidden, q_out, count, "column", bias=qkv_bias, layers=layers),
+            Linear("k_proj", d.hidden, kv_out, count, "column", bias=qkv_bias, layers=layers),
+            Linear("v_proj", d.hidden, kv_out, count, "column", bias=qkv_bias, layers=layers),
         ]
-    return [*qkv, Linear("o_proj", q_out, d.hidden, count, "row", bias=o_bias)]
+    return [*qkv, Linear("o_proj", q_out, d.hidden, count, "row", bias=o_bias, layers=layers)]
 
 
 def _mlp(
-    name: str, hidden: int, inter: int, count: int, *, bias: bool = False, fused: bool = False
+    name: str, hidden: int, inter: int, layers: frozenset[int], *, bias: bool = False, fused: bool = False
 ) -> list[Linear]:
+    count = len(layers)
     if count == 0:
         return []
     up = (
-        [Linear(f"{name}.gate_up_proj", hidden, 2 * inter, count, "column", bias=bias)]
+        [Linear(f"{name}.gate_up_proj", hidden, 2 * inter, count, "column", bias=bias, layers=layers)]
         if fused
         else [
-            Linear(f"{name}.gate_proj", hidden, inter, count, "column", bias=bias),
-            Linear(f"{name}.up_proj", hidden, inter, count, "column", bias=bias),
+            Linear(f"{name}.gate_proj", hidden, inter, count, "column", bias=bias, layers=layers),
+            Linear(f"{name}.up_proj", hidden, inter, count, "column", bias=bias, layers=layers),
         ]
     )
-    return [*up, Linear(f"{name}.down_proj", inter, hidden, count, "row", bias=bias)]
+    return [*up, Linear(f"{name}.down_proj", inter, hidden, count, "row", bias=bias, layers=layers)]
 
 
-def _experts(hidden: int, inter: int, experts: int, count: int) -> list[Linear]:
-    if count == 0:
+def _experts(hidden: int, inter: int, experts: int, layers: frozenset[int]) -> list[Linear]:
+    if not layers:
         return []
-    n = experts * count
+    n = experts * len(layers)
     return [
-        Linear("experts.gate_proj", hidden, inter, n, "column", expert=True),
-        Linear("experts.up_proj", hidden, inter, n, "column", expert=True),
-        Linear("experts.down_proj", inter, hidden, n, "row", expert=True),
+        Linear("experts.gate_proj", hidden, inter, n, "column", expert=True, layers=layers),
+        Linear("experts.up_proj", hidden, inter, n, "column", expert=True, layers=layers),
+        Linear("experts.down_proj", inter, hidden, n, "row", expert=True, layers=layers),
     ]
 
 
@@ -358,38 +368,42 @@ def _build_llama_like(cfg: _Config) -> Architecture:
     tie = cfg.get_bool("tie_word_embeddings", False)
     inter = cfg.get_int("intermediate_size")
     n = d.layers
+    every = frozenset(range(n))
     parts: list[Linear | Tensor] = [*_embeddings(d, tie), Tensor("norm", d.hidden, 1)]
-    parts.append(Tensor("layernorms", d.hidden, 2 * n))
+    parts.append(Tensor("layernorms", d.hidden, 2 * n, layers=every))
     experts = top_k = moe_inter = 0
-    moe_layers = 0
+    moe = frozenset[int]()
     if model_type == "phi3":
-        parts += _gqa_attention(d, n, qkv_bias=False, o_bias=False, fused=True)
-        parts += _mlp("mlp", d.hidden, inter, n, fused=True)
+        parts += _gqa_attention(d, every, qkv_bias=False, o_bias=False, fused=True)
+        parts += _mlp("mlp", d.hidden, inter, every, fused=True)
     else:
         if model_type in ("llama", "qwen3", "qwen3_moe"):
             bias = cfg.get_bool("attention_bias", False)
-            parts += _gqa_attention(d, n, qkv_bias=bias, o_bias=bias)
+            parts += _gqa_attention(d, every, qkv_bias=bias, o_bias=bias)
         else:  # qwen2 always has q/k/v biases; mistral and mixtral never have any.
-            parts += _gqa_attention(d, n, qkv_bias=model_type == "qwen2", o_bias=False)
+            parts += _gqa_attention(d, every, qkv_bias=model_type == "qwen2", o_bias=False)
         if model_type in ("qwen3", "qwen3_moe"):
-            parts.append(Tensor("q_norm+k_norm", d.head_dim, 2 * n))
+            parts.append(Tensor("q_norm+k_norm", d.head_dim, 2 * n, layers=every))
         if model_type == "mixtral":
             experts, top_k, moe_inter = (
                 cfg.get_int("num_local_experts"),
                 cfg.get_int("num_experts_per_tok"),
                 inter,
             )
-            moe_layers = n
+            moe = every
         elif model_type == "qwen3_moe":
             experts, top_k = cfg.get_int("num_experts"), cfg.get_int("num_experts_per_tok")
             moe_inter = cfg.get_int("moe_intermediate_size")
             step = cfg.get_int("decoder_sparse_step", 1)
             dense_only = set(cfg.int_list("mlp_only_layers"))
-            moe_layers = sum(1 for i in range(n) if i not in dense_only and (i + 1) % step == 0)
-        parts += _mlp("mlp", d.hidden, inter, n - moe_layers, bias=cfg.get_bool("mlp_bias", False))
-        if moe_layers:
-            parts.append(Linear("router", d.hidden, experts, moe_layers, "replicated", quantizable=False))
-            parts += _experts(d.hidden, moe_inter, experts, moe_layers)
+            moe = frozenset(i for i in range(n) if i not in dense_only and (i + 1) % step == 0)
+        parts += _mlp("mlp", d.hidden, inter, every - moe, bias=cfg.get_bool("mlp_bias", False))
+        if moe:
+            parts.append(
+                Linear("router", d.hidden, experts, len(moe), "replicated", quantizable=False, layers=moe)
+            )
+            parts += _experts(d.hidden, moe_inter, experts, moe)
+    moe_layers = len(moe)
     attention = _full_layers(d)
     window = cfg.optional_int("sliding_window") if model_type in ("mistral", "mixtral") else None
     if window is not None:
@@ -480,11 +494,12 @@ def _build_gemma(cfg: _Config) -> Architecture:
     bias = cfg.get_bool("attention_bias", False)
     tie = outer.get_bool("tie_word_embeddings", cfg.get_bool("tie_word_embeddings", True))
     parts: list[Linear | Tensor] = [*_embeddings(d, tie), Tensor("norm", d.hidden, 1), *vision]
-    parts.append(Tensor("layernorms", d.hidden, 4 * n))
-    parts += _gqa_attention(d, n, qkv_bias=bias, o_bias=bias)
-    parts += _mlp("mlp", d.hidden, inter, n)
+    every = frozenset(range(n))
+    parts.append(Tensor("layernorms", d.hidden, 4 * n, layers=every))
+    parts += _gqa_attention(d, every, qkv_bias=bias, o_bias=bias)
+    parts += _mlp("mlp", d.hidden, inter, every)
     if model_type != "gemma2":
-        parts.append(Tensor("q_norm+k_norm", d.head_dim, 2 * n))
+        parts.append(Tensor("q_norm+k_norm", d.head_dim, 2 * n, layers=every))
     window = cfg.get_int("sliding_window", 4096)
     attention = tuple(
         Attention("sliding", d.kv_heads, d.head_dim, d.head_dim, window)
@@ -528,43 +543,47 @@ def _build_deepseek(cfg: _Config) -> Architecture:
     bias = cfg.get_bool("attention_bias", False)
     tie = cfg.get_bool("tie_word_embeddings", False)
     d = _Dims(hidden, n, heads, heads, nope + rope, vocab, cfg.get_int("max_position_embeddings", 4096))
+    every = frozenset(range(n))
     parts: list[Linear | Tensor] = [
         *_embeddings(d, tie),
         Tensor("norm", hidden, 1),
-        Tensor("layernorms", hidden, 2 * n),
+        Tensor("layernorms", hidden, 2 * n, layers=every),
     ]
     qk_dim = nope + rope
     if q_lora is None:
-        parts.append(Linear("q_proj", hidden, heads * qk_dim, n, "column"))
+        parts.append(Linear("q_proj", hidden, heads * qk_dim, n, "column", layers=every))
     else:
         parts += [
-            Linear("q_a_proj", hidden, q_lora, n, "replicated", bias=bias),
-            Tensor("q_a_layernorm", q_lora, n),
-            Linear("q_b_proj", q_lora, heads * qk_dim, n, "column"),
+            Linear("q_a_proj", hidden, q_lora, n, "replicated", bias=bias, layers=every),
+            Tensor("q_a_layernorm", q_lora, n, layers=every),
+            Linear("q_b_proj", q_lora, heads * qk_dim, n, "column", layers=every),
         ]
     parts += [
-        Linear("kv_a_proj_with_mqa", hidden, kv_lora + rope, n, "replicated", bias=bias),
-        Tensor("kv_a_layernorm", kv_lora, n),
-        Linear("kv_b_proj", kv_lora, heads * (nope + v_dim), n, "column"),
-        Linear("o_proj", heads * v_dim, hidden, n, "row", bias=bias),
+        Linear("kv_a_proj_with_mqa", hidden, kv_lora + rope, n, "replicated", bias=bias, layers=every),
+        Tensor("kv_a_layernorm", kv_lora, n, layers=every),
+        Linear("kv_b_proj", kv_lora, heads * (nope + v_dim), n, "column", layers=every),
+        Linear("o_proj", heads * v_dim, hidden, n, "row", bias=bias, layers=every),
     ]
     experts = cfg.get_int("n_routed_experts", 0, minimum=0)
     first_dense = cfg.get_int("first_k_dense_replace", 0, minimum=0)
     freq = cfg.get_int("moe_layer_freq", 1)
-    moe_layers = sum(1 for i in range(n) if experts and i >= first_dense and i % freq == 0) if experts else 0
+    moe = frozenset(i for i in range(n) if experts and i >= first_dense and i % freq == 0)
+    moe_layers = len(moe)
     moe_inter = cfg.get_int("moe_intermediate_size") if moe_layers else 0
     shared = cfg.get_int("n_shared_experts", 0, minimum=0) if moe_layers else 0
     top_k = cfg.get_int("num_experts_per_tok") if moe_layers else 0
-    parts += _mlp("mlp", hidden, inter, n - moe_layers)
+    parts += _mlp("mlp", hidden, inter, every - moe)
     if moe_layers:
-        parts.append(Linear("router", hidden, experts, moe_layers, "replicated", quantizable=False))
+        parts.append(
+            Linear("router", hidden, experts, moe_layers, "replicated", quantizable=False, layers=moe)
+        )
         if model_type == "deepseek_v3":
             # transformers keeps e_score_correction_bias as a buffer (not counted); vLLM and the checkpoint
             # hold it in float32.
-            parts.append(Tensor("e_score_correction_bias", experts, moe_layers, float32=True))
-        parts += _experts(hidden, moe_inter, experts, moe_layers)
+            parts.append(Tensor("e_score_correction_bias", experts, moe_layers, float32=True, layers=moe))
+        parts += _experts(hidden, moe_inter, experts, moe)
         if shared:
-            parts += _mlp("shared_experts", hidden, moe_inter * shared, moe_layers)
+            parts += _mlp("shared_experts", hidden, moe_inter * shared, moe)
     linears, tensors = _split(parts)
     return Architecture(
         model_type=model_type,

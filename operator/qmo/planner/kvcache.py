@@ -92,6 +92,47 @@ def kv_layout(arch: Architecture, tp: int, dtype_bytes: int) -> KVLayout:
     return KVLayout(page, group_size, tuple(groups), kv_bytes_per_token(arch, tp, dtype_bytes))
 
 
+def _group_members(arch: Architecture) -> list[tuple[KVGroup, tuple[int, ...]]]:
+    """The model-wide KV-cache groups and the layer indices in each, as vLLM forms them
+    (``_get_kv_cache_groups_uniform_page_size``): layers of one kind, in model order, dealt round-robin over
+    that kind's groups (``layers[i::num_groups]``), so every pipeline stage gets a share of each group."""
+    by_kind: dict[tuple[str, int | None], list[int]] = {}
+    for index, layer in enumerate(arch.attention):
+        spec = ("sliding", layer.sliding_window) if layer.kind == "sliding" else ("full", None)
+        by_kind.setdefault(spec, []).append(index)
+    counts = [len(indices) for indices in by_kind.values()]
+    group_size = min(counts)
+    if max(counts) < group_size * 1.5:
+        group_size = max(counts)
+    members: list[tuple[KVGroup, tuple[int, ...]]] = []
+    for (kind, window), indices in by_kind.items():
+        num_groups = _ceil_div(len(indices), group_size)
+        for i in range(num_groups):
+            members.append((KVGroup(kind, window, group_size), tuple(indices[i::num_groups])))
+    return members
+
+
+def stage_kv_layout(arch: Architecture, tp: int, dtype_bytes: int, layers: range) -> KVLayout:
+    """The KV layout of one pipeline stage that holds decoder ``layers`` (vLLM's ``get_kv_cache_configs``).
+
+    vLLM forms the groups over the whole model and projects them onto each worker
+    (``_project_kv_cache_groups_to_worker``); a worker has as many pools as its largest projected group
+    (``get_kv_cache_config_from_groups``). The groups, and so the blocks a request needs and the tokens a
+    block id stands for, stay the model's; the page size is the model's too (one spec per layer kind)."""
+    members = _group_members(arch)
+    stage_group_size = max(sum(1 for index in indices if index in layers) for _, indices in members)
+    per_layer = {layer_bytes_per_token(layer, tp, dtype_bytes) for layer in arch.attention}
+    stage_bytes_per_token = sum(
+        layer_bytes_per_token(arch.attention[index], tp, dtype_bytes) for index in layers
+    )
+    return KVLayout(
+        max(per_layer) * BLOCK_SIZE,
+        stage_group_size,
+        tuple(group for group, _ in members),
+        stage_bytes_per_token,
+    )
+
+
 @dataclass(frozen=True)
 class KVCapacity:
     num_blocks: int

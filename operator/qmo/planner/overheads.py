@@ -18,6 +18,12 @@ On vLLM's CPU backend (``device="cpu"``) the worker profiles nothing: the KV poo
 transient; non-torch CUDA workspaces; graph captures) do not exist there. Only the forward and sampler
 working sets, which the CPU engine allocates the same way, share the budget with weights and KV.
 
+With pipeline parallelism every stage's worker profiles its own model shard (``Worker.determine_available_memory``
+on each): ``profile_run`` runs the sampler only on the last stage (``get_pp_group().is_last_rank``), and
+``_dummy_run`` gives every stage but the first a persistent buffer for the hidden states and residual it
+receives (``GPUModelRunner.intermediate_tensors``, ``make_empty_intermediate_tensors`` over
+``max_num_batched_tokens`` rows), alive through every phase of the profile.
+
 Each function below cites what it models; the bytes that code does not fix statically come from a
 ``Calibration`` of one vLLM version (planner/calibration.py). docs/planner.md derives every term.
 """
@@ -109,10 +115,25 @@ def sampler_peak_bytes(
     return hidden + logits + fp32 + triton
 
 
-def profile_floor_bytes(arch: Architecture, cal: Calibration, *, tp: int, act_bytes: int) -> int:
+def profile_floor_bytes(
+    arch: Architecture, cal: Calibration, *, tp: int, act_bytes: int, computes_logits: bool = True
+) -> int:
     """The least the profile run's torch peak reaches: the calibrated floor, or the lm_head shard on one rank
-    when that is larger (the 0.25.1 floor measured on Llama-3.1-8B equals its lm_head, 0.98 GiB)."""
-    return max(cal.profile_floor_bytes, padded_vocab(arch, tp) * arch.hidden_size * act_bytes)
+    when that is larger (the 0.25.1 floor measured on Llama-3.1-8B equals its lm_head, 0.98 GiB).
+
+    ``computes_logits``: False on a pipeline stage before the last, which never runs the lm_head in its
+    profile (``profile_run`` samples on the last stage only); it keeps the calibrated floor, not measured
+    for such a stage and assumed unchanged."""
+    lm_head = padded_vocab(arch, tp) * arch.hidden_size * act_bytes if computes_logits else 0
+    return max(cal.profile_floor_bytes, lm_head)
+
+
+def stage_input_bytes(arch: Architecture, *, max_num_batched_tokens: int, act_bytes: int) -> int:
+    """A later pipeline stage's receive buffer: ``hidden_states`` and ``residual`` of
+    ``max_num_batched_tokens`` rows in the model dtype (``GPUModelRunner._dummy_run`` allocates
+    ``self.intermediate_tensors`` with ``make_empty_intermediate_tensors_factory(["hidden_states",
+    "residual"], hidden_size)``; it is kept for the worker's life)."""
+    return 2 * max_num_batched_tokens * arch.hidden_size * act_bytes
 
 
 def cudagraph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
@@ -164,11 +185,14 @@ class Overheads:
     """The profile run's least torch peak."""
     non_torch: int
     cudagraph: int
+    stage_input: int = 0
+    """A later pipeline stage's receive buffer, alive under every phase (0 on the first stage)."""
 
     @property
     def activation(self) -> int:
-        """``torch_peak_increase``: the profile run's peak, the largest of its phases."""
-        return max(self.forward, self.sampler, self.floor)
+        """``torch_peak_increase``: the profile run's peak, the largest of its phases (plus the receive
+        buffer of a later pipeline stage, allocated before them and never freed)."""
+        return max(self.forward, self.sampler, self.floor) + self.stage_input
 
     @property
     def total(self) -> int:
@@ -184,17 +208,36 @@ def overheads(
     act_bytes: int = 2,
     calibration: Calibration | None = None,
     device: str = "gpu",
+    pipeline_rank: int = 0,
+    pipeline_size: int = 1,
 ) -> Overheads:
+    """The overheads on one GPU of pipeline stage ``pipeline_rank`` of ``pipeline_size`` (1: one node).
+
+    The forward working set and the CUDA graphs are the same on every stage: each runs the same layer shapes
+    over ``max_num_batched_tokens`` (the model's widest layer is assumed on every stage) and captures the
+    same batch sizes."""
     cal = calibration or CALIBRATIONS[CALIBRATED_VERSION]
     shape = {"tp": tp, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
+    first, last = pipeline_rank == 0, pipeline_rank == pipeline_size - 1
     forward = max_num_batched_tokens * forward_bytes_per_token(arch, tp, act_bytes)
-    sampler = sampler_peak_bytes(arch, cal, act_bytes=act_bytes, **shape)
+    sampler = sampler_peak_bytes(arch, cal, act_bytes=act_bytes, **shape) if last else 0
+    stage_input = (
+        0
+        if first
+        else stage_input_bytes(arch, max_num_batched_tokens=max_num_batched_tokens, act_bytes=act_bytes)
+    )
     if device == "cpu":
-        return Overheads(forward=forward, sampler=sampler, floor=0, non_torch=0, cudagraph=0)
+        return Overheads(
+            forward=forward, sampler=sampler, floor=0, non_torch=0, cudagraph=0, stage_input=stage_input
+        )
+    # The pipeline's own NCCL communicator (send/recv between stages) is assumed to cost what the
+    # tensor-parallel one does: not measured for pipeline stages.
+    communicates = tp > 1 or pipeline_size > 1
     return Overheads(
         forward=forward,
         sampler=sampler,
-        floor=profile_floor_bytes(arch, cal, tp=tp, act_bytes=act_bytes),
-        non_torch=cal.non_torch_bytes + (cal.non_torch_tp_bytes if tp > 1 else 0),
+        floor=profile_floor_bytes(arch, cal, tp=tp, act_bytes=act_bytes, computes_logits=last),
+        non_torch=cal.non_torch_bytes + (cal.non_torch_tp_bytes if communicates else 0),
         cudagraph=cudagraph_bytes(arch, cal, act_bytes=act_bytes, **shape),
+        stage_input=stage_input,
     )

@@ -4,7 +4,9 @@
 memory and CUDA graphs is KV cache, in whole blocks. The search takes the smallest tensor-parallel size the
 GPU class allows (1, 2, 4, 8 ... up to gpus_per_node) whose shards are legal and whose KV cache holds the
 requested max model length for the concurrency target; with ``kv_cache_dtype=auto`` it tries the model's
-16-bit KV first and fp8 KV (only on fp8 hardware) before doubling the GPUs.
+16-bit KV first and fp8 KV (only on fp8 hardware) before doubling the GPUs. When nothing inside one node
+fits and the request allows more nodes (``max_nodes``), it takes the node's tensor-parallel size and adds
+pipeline stages, one per node (planner/parallel.py), before it refuses.
 """
 
 from __future__ import annotations
@@ -24,8 +26,23 @@ from qmo.planner.calibration import (
 )
 from qmo.planner.errors import PlanningError
 from qmo.planner.gpus import GPUSpec
-from qmo.planner.kvcache import BLOCK_SIZE, KV_CACHE_DTYPES, kv_capacity, kv_layout
+from qmo.planner.kvcache import (
+    BLOCK_SIZE,
+    KV_CACHE_DTYPES,
+    kv_capacity,
+    kv_layout,
+    stage_kv_layout,
+)
 from qmo.planner.overheads import GIB, default_max_num_batched_tokens, overheads
+from qmo.planner.parallel import (
+    MAX_PIPELINE_STAGES,
+    PipelineStage,
+    Setting,
+    StageMemory,
+    pipeline_layers,
+    pipeline_stages,
+    stage_architecture,
+)
 from qmo.planner.weights import (
     DTYPE_BYTES,
     METHODS,
@@ -58,6 +75,10 @@ class PlanRequest:
     concurrency: int | None = None
     vllm_image: str | None = None
     """The serving image; its tag selects the calibration (None: the calibrated version)."""
+    max_nodes: int = 1
+    """Nodes one replica may span; above 1, what no single node holds is planned as pipeline stages."""
+    pipeline_parallel_size: int | None = None
+    """Pipeline stages (one per node); None: one node if anything there fits, else the fewest that fit."""
 
     @property
     def vllm_version(self) -> str:
@@ -110,16 +131,26 @@ class ServingPlan:
     """The residual a calibration record removed (observed minus predicted non-KV memory; None: no record)."""
     overhead_terms_gib: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """Each overhead term before the profile peak's max(): forward, sampler, floor (see overheads.py)."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages, one per node: 1 for a single node."""
+    pipeline_stages: tuple[PipelineStage, ...] = ()
+    """Each stage's layers and per-GPU figures when the plan spans nodes (empty on one node). The per-GPU
+    figures above are then the most any stage's GPU holds of each term; KV blocks and tokens are the
+    most constrained stage's, which vLLM's KV cache config applies to every stage."""
 
     @property
     def gpus(self) -> int:
-        return self.tensor_parallel_size
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["gpus"] = self.gpus
         data["vllm_args"] = list(self.vllm_args)
         data["overhead_terms_gib"] = dict(self.overhead_terms_gib)
+        data["pipeline_stages"] = [
+            {**dataclasses.asdict(stage), "overhead_terms_gib": dict(stage.overhead_terms_gib)}
+            for stage in self.pipeline_stages
+        ]
         return data
 
 
@@ -129,37 +160,6 @@ def _gib(value: int) -> float:
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-@dataclass(frozen=True)
-class _Setting:
-    """One candidate (tensor-parallel size, KV dtype) with everything computed for it."""
-
-    tp: int
-    kv_cache_dtype: str
-    dtype: str
-    weights: int
-    activation: int
-    non_torch: int
-    cudagraph: int
-    residual: int
-    terms: tuple[tuple[str, int], ...]
-    budget: int
-    kv_bytes: int
-    blocks: int
-    tokens: int
-    max_concurrency: float
-    usable_requests: int
-    kv_bytes_per_token: int
-    block_bytes: int
-    blocks_per_request: int
-
-    @property
-    def non_kv(self) -> int:
-        return self.weights + self.activation + self.non_torch + self.cudagraph + self.residual
-
-    def needed_bytes(self, requests: int) -> int:
-        return self.non_kv + (requests * self.blocks_per_request + 1) * self.block_bytes
 
 
 def _validate(request: PlanRequest, arch: Architecture) -> int:
@@ -190,6 +190,19 @@ def _validate(request: PlanRequest, arch: Architecture) -> int:
         raise PlanningError(
             f"tensor_parallel_size must be >= 1, got {request.tensor_parallel_size}",
             field="tensor_parallel_size",
+        )
+    if request.max_nodes < 1:
+        raise PlanningError(f"max_nodes must be >= 1, got {request.max_nodes}", field="max_nodes")
+    if request.pipeline_parallel_size is not None and request.pipeline_parallel_size < 1:
+        raise PlanningError(
+            f"pipeline_parallel_size must be >= 1, got {request.pipeline_parallel_size}",
+            field="pipeline_parallel_size",
+        )
+    if request.pipeline_parallel_size is not None and request.pipeline_parallel_size > arch.num_layers:
+        raise PlanningError(
+            f"pipeline_parallel_size {request.pipeline_parallel_size} exceeds the model's "
+            f"{arch.num_layers} decoder layers (every stage needs one)",
+            field="pipeline_parallel_size",
         )
     max_len = arch.max_position_embeddings if request.max_model_len is None else request.max_model_len
     if max_len < 1:
@@ -245,47 +258,63 @@ def _evaluate(
     batched_tokens: int,
     calibration: Calibration,
     residual: int = 0,
-) -> _Setting:
+    pp: int = 1,
+) -> Setting:
     dtype = _serving_dtype(request, arch, fmt, kv)
     kv_dtype_bytes = 1 if kv == "fp8" else DTYPE_BYTES[dtype]
-    weights = resident_bytes_per_gpu(arch, fmt, tp)
-    over = overheads(
-        arch,
-        tp=tp,
-        max_num_batched_tokens=batched_tokens,
-        max_num_seqs=request.max_num_seqs,
-        act_bytes=DTYPE_BYTES[dtype],
-        calibration=calibration,
-        device=gpu.device,
-    )
     budget = int(gpu.memory_gib * GIB * request.gpu_memory_utilization)
-    kv_bytes = max(0, budget - weights - over.total - residual)
-    layout = kv_layout(arch, tp, kv_dtype_bytes)
-    capacity = kv_capacity(layout, kv_bytes, max_len, batched_tokens)
-    return _Setting(
+    stages: list[StageMemory] = []
+    for rank, layers in enumerate(pipeline_layers(arch.num_layers, pp)):
+        first, last = rank == 0, rank == pp - 1
+        # Each stage's workers profile their own shard (Worker.determine_available_memory on every worker).
+        weights = resident_bytes_per_gpu(stage_architecture(arch, layers, first=first, last=last), fmt, tp)
+        over = overheads(
+            arch,
+            tp=tp,
+            max_num_batched_tokens=batched_tokens,
+            max_num_seqs=request.max_num_seqs,
+            act_bytes=DTYPE_BYTES[dtype],
+            calibration=calibration,
+            device=gpu.device,
+            pipeline_rank=rank,
+            pipeline_size=pp,
+        )
+        kv_bytes = max(0, budget - weights - over.total - residual)
+        layout = (
+            kv_layout(arch, tp, kv_dtype_bytes)
+            if pp == 1
+            else stage_kv_layout(arch, tp, kv_dtype_bytes, layers)
+        )
+        terms = (("forward", over.forward), ("sampler", over.sampler), ("floor", over.floor))
+        stages.append(
+            StageMemory(
+                rank=rank,
+                layers=layers,
+                weights=weights,
+                activation=over.activation,
+                non_torch=over.non_torch,
+                cudagraph=over.cudagraph,
+                residual=residual,
+                terms=terms if pp == 1 else (*terms, ("stage input", over.stage_input)),
+                budget=budget,
+                capacity=kv_capacity(layout, kv_bytes, max_len, batched_tokens),
+                kv_bytes_per_token=layout.kv_bytes_per_token,
+                block_bytes=layout.block_bytes,
+            )
+        )
+    return Setting(
         tp=tp,
+        pp=pp,
         kv_cache_dtype=kv,
         dtype=dtype,
-        weights=weights,
-        activation=over.activation,
-        non_torch=over.non_torch,
-        cudagraph=over.cudagraph,
-        residual=residual,
-        terms=(("forward", over.forward), ("sampler", over.sampler), ("floor", over.floor)),
-        budget=budget,
-        kv_bytes=capacity.num_blocks * layout.block_bytes,
-        blocks=capacity.num_blocks,
-        tokens=capacity.tokens,
-        max_concurrency=capacity.max_concurrency,
-        usable_requests=capacity.usable_requests,
-        kv_bytes_per_token=layout.kv_bytes_per_token,
-        block_bytes=layout.block_bytes,
-        blocks_per_request=layout.blocks_per_request(max_len, batched_tokens),
+        stages=tuple(stages),
+        # The model-wide KV groups decide what a request needs, whichever stage (kvcache.stage_kv_layout).
+        blocks_per_request=kv_layout(arch, tp, kv_dtype_bytes).blocks_per_request(max_len, batched_tokens),
     )
 
 
 def _vllm_args(
-    s: _Setting, fmt: WeightFormat, request: PlanRequest, gpu: GPUSpec, max_len: int, batched: int
+    s: Setting, fmt: WeightFormat, request: PlanRequest, gpu: GPUSpec, max_len: int, batched: int
 ) -> tuple[str, ...]:
     # On CPU vLLM reads the utilization as a share of all host RAM: the planned pool goes in as bytes.
     memory = (
@@ -295,6 +324,7 @@ def _vllm_args(
     )
     args = [
         f"--tensor-parallel-size={s.tp}",
+        *([f"--pipeline-parallel-size={s.pp}"] if s.pp > 1 else []),
         f"--dtype={s.dtype}",
         f"--kv-cache-dtype={'auto' if s.kv_cache_dtype == 'float16' else s.kv_cache_dtype}",
         f"--max-model-len={max_len}",
@@ -309,7 +339,7 @@ def _vllm_args(
 
 
 def _to_plan(
-    s: _Setting,
+    s: Setting,
     *,
     fits: bool,
     reason: str | None,
@@ -356,6 +386,8 @@ def _to_plan(
         calibration_warning=warning,
         calibration_residual_gib_per_gpu=_gib(s.residual) if recorded else None,
         overhead_terms_gib={name: _gib(value) for name, value in s.terms},
+        pipeline_parallel_size=s.pp,
+        pipeline_stages=pipeline_stages(s) if s.pp > 1 else (),
     )
 
 
@@ -417,9 +449,24 @@ def plan(
                 field="tensor_parallel_size",
             )
 
+    # Across nodes: vLLM's guidance is tensor parallelism inside a node and pipeline stages across nodes, so
+    # every stage takes the widest tensor-parallel size one node allows.
+    node_tp = candidates[-1]
+    stages = request.pipeline_parallel_size
+    if stages is not None and stages > request.max_nodes:
+        raise PlanningError(
+            f"pipeline_parallel_size {stages} needs {stages} nodes of {node_tp}x {gpu.name}, "
+            f"max_nodes allows {request.max_nodes}",
+            field="pipeline_parallel_size",
+        )
+    if stages is None:
+        single_node, stage_counts = candidates, list(range(2, min(request.max_nodes, arch.num_layers) + 1))
+    else:
+        single_node, stage_counts = (candidates, []) if stages == 1 else ([], [stages])
+
     residual = 0 if record is None else _record_residual(arch, fmt, request, gpu, record, calibration)
 
-    def evaluate(tp: int, kv: str, length: int = max_len) -> _Setting:
+    def evaluate(tp: int, kv: str, length: int = max_len, pp: int = 1) -> Setting:
         return _evaluate(
             arch,
             fmt,
@@ -431,9 +478,10 @@ def plan(
             batched_tokens=batched,
             calibration=calibration,
             residual=residual,
+            pp=pp,
         )
 
-    def emit(s: _Setting, fits: bool, reason: str | None) -> ServingPlan:
+    def emit(s: Setting, fits: bool, reason: str | None) -> ServingPlan:
         return _to_plan(
             s,
             fits=fits,
@@ -449,16 +497,19 @@ def plan(
             recorded=record is not None,
         )
 
-    for tp in candidates:
+    for tp in single_node:
         for kv in kv_options:
             setting = evaluate(tp, kv)
             if setting.usable_requests >= want:
                 return emit(setting, True, None)
+    for pp in stage_counts:
+        for kv in kv_options:
+            setting = evaluate(node_tp, kv, pp=pp)
+            if setting.usable_requests >= want:
+                return emit(setting, True, None)
 
-    best = evaluate(candidates[-1], kv_options[-1])
-    return emit(
-        best, False, _refusal(best, want, gpu, request, max_len, candidates, kv_options, arch, fmt, evaluate)
-    )
+    best = evaluate(node_tp, kv_options[-1], pp=stage_counts[-1] if stage_counts else 1)
+    return emit(best, False, _refusal(best, want, gpu, request, max_len, kv_options, arch, fmt, evaluate))
 
 
 def _record_residual(
@@ -495,45 +546,65 @@ def _record_residual(
 
 
 def _refusal(
-    best: _Setting,
+    best: Setting,
     want: int,
     gpu: GPUSpec,
     request: PlanRequest,
     max_len: int,
-    candidates: list[int],
     kv_options: list[str],
     arch: Architecture,
     fmt: WeightFormat,
     evaluate: Any,
 ) -> str:
-    needed = best.needed_bytes(want)
+    stage = best.neediest(want)
+    needed = stage.needed_bytes(want, best.blocks_per_request)
     target = f"{want} sequences of {max_len} tokens" if want > 1 else f"one sequence of {max_len} tokens"
+    at = f"tensor-parallel-size {best.tp}"
+    if best.pp > 1:
+        at += (
+            f" x pipeline-parallel-size {best.pp} (stage {stage.rank}, "
+            f"layers {stage.layers.start}-{stage.layers.stop - 1})"
+        )
     parts = [
-        f"needs {needed / GIB:.1f} GiB per GPU at tensor-parallel-size {best.tp} with {best.kv_cache_dtype} KV cache "
-        f"(weights {best.weights / GIB:.1f} + overheads {(best.non_kv - best.weights) / GIB:.1f} + KV for {target} "
-        f"{(needed - best.non_kv) / GIB:.1f}), GPU {gpu.name} has {best.budget / GIB:.1f} "
+        f"needs {needed / GIB:.1f} GiB per GPU at {at} with {best.kv_cache_dtype} KV cache "
+        f"(weights {stage.weights / GIB:.1f} + overheads {(stage.non_kv - stage.weights) / GIB:.1f} + KV for {target} "
+        f"{(needed - stage.non_kv) / GIB:.1f}), GPU {gpu.name} has {best.budget / GIB:.1f} "
         f"({gpu.memory_gib:g} x {request.gpu_memory_utilization:g})"
     ]
     suggestions: list[str] = []
-    larger = [t for t in TP_CANDIDATES if t > best.tp and not tp_problems(arch, fmt, t)]
+    larger = (
+        [t for t in TP_CANDIDATES if t > best.tp and not tp_problems(arch, fmt, t)] if best.pp == 1 else []
+    )
     for tp in larger:
         if any(evaluate(tp, kv).usable_requests >= want for kv in kv_options):
             where = "" if tp <= gpu.gpus_per_node else f" (more than the {gpu.gpus_per_node} GPUs per node)"
             suggestions.append(f"tensor-parallel-size {tp} would fit{where}")
             break
+    if request.pipeline_parallel_size is None and gpu.device == "gpu":
+        deepest = min(arch.num_layers, MAX_PIPELINE_STAGES)
+        for pp in range(max(2, request.max_nodes + 1), deepest + 1):
+            if any(evaluate(best.tp, kv, pp=pp).usable_requests >= want for kv in kv_options):
+                suggestions.append(
+                    f"needs {pp} nodes of {best.tp}x {gpu.name} (tensor-parallel-size {best.tp} x "
+                    f"pipeline-parallel-size {pp}), max_nodes allows {request.max_nodes}"
+                )
+                break
     if want > 1 and best.usable_requests >= 1:
         suggestions.append(f"{best.usable_requests} concurrent sequences of {max_len} tokens fit")
     lo, hi = 0, max_len // BLOCK_SIZE
     while lo < hi:  # the largest multiple of the block size that fits the concurrency target
         mid = (lo + hi + 1) // 2
-        if evaluate(best.tp, best.kv_cache_dtype, mid * BLOCK_SIZE).usable_requests >= want:
+        if evaluate(best.tp, best.kv_cache_dtype, mid * BLOCK_SIZE, best.pp).usable_requests >= want:
             lo = mid
         else:
             hi = mid - 1
     if lo:
-        suggestions.append(f"max-model-len {lo * BLOCK_SIZE} would fit at tensor-parallel-size {best.tp}")
-    elif best.non_kv >= best.budget:
-        suggestions.append(f"weights and overheads alone need {best.non_kv / GIB:.1f} GiB per GPU")
+        stages = f" x pipeline-parallel-size {best.pp}" if best.pp > 1 else ""
+        suggestions.append(
+            f"max-model-len {lo * BLOCK_SIZE} would fit at tensor-parallel-size {best.tp}{stages}"
+        )
+    elif stage.non_kv >= best.budget:
+        suggestions.append(f"weights and overheads alone need {stage.non_kv / GIB:.1f} GiB per GPU")
     return "; ".join(parts + suggestions)
 
 
