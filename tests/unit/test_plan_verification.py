@@ -230,6 +230,7 @@ def test_a_reread_with_the_same_figures_keeps_status_so_a_fleet_at_rest_writes_n
     assert (
         verify(old, "2026-12-07T00:15:00Z").observed == first and metrics_server.requests == 2
     )  # read 4 min ago
+    assert verify({}, "2026-12-07T00:16:00Z").observed == first and metrics_server.requests == 2  # stale body
     metrics_server.text = with_pool(REAL_METRICS, 400)
     changed = verify(old, "2026-12-07T00:22:00Z").observed
     assert metrics_server.requests == 3

@@ -87,13 +87,16 @@ class PlanVerifier:
     def __init__(self, kube: Kube, scraper: PodMetricsScraper) -> None:
         self.kube = kube
         self.scraper = scraper
-        # When each model's pods were last read, in memory: a re-read that finds the same figures keeps the
-        # status as it was (its scrapedAt is when these figures were first read), so a fleet at rest writes
-        # nothing. After a restart the status's scrapedAt decides, and the first re-read may come early.
-        self.last_read: dict[tuple[str, str], str] = {}
+        # Each model's last observation and when its pods were last read, in memory. A re-read that finds the
+        # same figures keeps the status as it was (its scrapedAt is when these figures were first read), so a
+        # fleet at rest writes nothing. And a reconcile of a body older than this process's last status write
+        # (kopf's, while the watch lags; its write is then refused and decided again) must not take the
+        # status's older observation for the current one and read the pods again. After a restart the
+        # status decides, and the first re-read may come early.
+        self.last: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     def forget(self, namespace: str, model: str) -> None:
-        self.last_read.pop((namespace, model), None)
+        self.last.pop((namespace, model), None)
 
     async def verify(
         self,
@@ -111,7 +114,8 @@ class PlanVerifier:
     ) -> Verification:
         """``pods``: the serving pods when the caller listed them already (None: list them if needed)."""
         current = deployment_hash(deployment)
-        old_observed = (old.get("plan") or {}).get("observed")
+        last_read, remembered = self.last.get((namespace, model), ("", None))
+        old_observed = remembered or (old.get("plan") or {}).get("observed")
         observed = (
             old_observed if old_observed and old_observed["revision"].split("/")[0] == current else None
         )
@@ -119,14 +123,13 @@ class PlanVerifier:
         args = container_args(deployment)
         if deployment is not None and rolled:
             revision = f"{current}/{ready}"
-            last_read = self.last_read.get((namespace, model))
             seen = (
                 {**observed, "scrapedAt": max(str(observed.get("scrapedAt") or ""), last_read)}
                 if observed and last_read
                 else observed
             )
             if observation_due(seen, revision=revision, now=now):
-                self.last_read[namespace, model] = now
+                last_read = now
                 selector = label_selector(selector_labels(model))
                 if pods is None:
                     pods = await self.kube.list("Pod", namespace, label_selector=selector)
@@ -145,6 +148,8 @@ class PlanVerifier:
                 )
                 if not same_figures(observed, fresh):
                     observed = fresh
+                if observed is not None:
+                    self.last[namespace, model] = (last_read, observed)
         result = self._judge(observed, planned)
         result.observed, result.replan = observed, replan
         previous: Mapping[str, Any] = next(
