@@ -308,8 +308,13 @@ def test_a_single_node_deployment_goes_only_once_the_groups_serve() -> None:
     intent = intent_of(snapshot())
     rolling = snapshot(deployment=old_deployment)
     assert ("Deployment", serving_name("big")) not in decide_model(rolling, intent_of(rolling)).delete
+    assert "Service" not in [m["kind"] for m in decide_model(rolling, intent_of(rolling)).apply[1:]]
     served = snapshot(deployment=old_deployment, node_groups=statefulsets_reporting(intent, ready=2))
-    assert ("Deployment", serving_name("big")) in decide_model(served, intent_of(served)).delete
+    decision = decide_model(served, intent_of(served))
+    assert ("Deployment", serving_name("big")) in decision.delete
+    # The model's Service turns to the leaders only once they serve (the Deployment's pods until then).
+    service = next(m for m in decision.apply if m["metadata"]["name"] == serving_name("big"))
+    assert service["spec"]["selector"][POD_INDEX_LABEL] == "0"
 
 
 def test_back_to_one_node_deletes_the_groups_once_the_deployment_serves() -> None:
@@ -376,5 +381,5 @@ def test_switching_shape_replaces_the_statefulsets_with_a_leader_worker_set() ->
     groups = statefulsets_reporting(intent_of(snapshot()), ready=2)
     snap = snapshot(shape="leaderworkerset", node_groups=groups)
     decision = decide_model(snap, intent_of(snap))
-    assert decision.apply[0]["kind"] == "LeaderWorkerSet"
-    assert decision.delete == []  # the StatefulSets serve until the LWS groups are ready
+    assert [m["kind"] for m in decision.apply] == ["LeaderWorkerSet", "PodDisruptionBudget"]
+    assert decision.delete == []  # the StatefulSets, and the Service selecting them, serve until LWS does

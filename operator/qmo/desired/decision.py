@@ -437,9 +437,10 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
     verdict = gate_verdict(artifact_status.get("quality"), quality_thresholds(spec.quantization))
     # A failed gate holds the rollout: whatever serves now (a previous artifact) keeps serving untouched.
     gate_blocks = weights_ready and verdict.blocks
+    servable = weights_ready and not gate_blocks
     deployment = snapshot.deployment
     changed: set[str] | None = None
-    if weights_ready and not gate_blocks:
+    if servable:
         # The policy first, so the pods never run open when it is asked for.
         policy = intent.network_policy
         if policy is not None and snapshot.child_hashes.get("NetworkPolicy") != hash_of(policy):
@@ -453,9 +454,7 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
             deployment = effective_deployment(deployment, intent.deployment, changing)
         else:
             changed = apply_node_groups(snapshot, intent, decision)
-        for child in intent.children:
-            if snapshot.child_hashes.get(child["kind"]) != hash_of(child):
-                decision.apply.append(child)
+    workload_kinds = {m["kind"] for m in intent.node_groups if m["kind"] != "Service"}
     if intent.deployment is not None:
         rolled, ready, reason = deployment_rollout(deployment, spec.serving.replicas)
         status = (deployment or {}).get("status") or {}
@@ -463,18 +462,28 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
         present = deployment is not None
         # What served while the model spanned nodes goes once the Deployment serves in its place.
         leftovers = [object_key(m) for m in snapshot.node_groups]
+        switching = bool(leftovers)
     else:
         rolled, ready, reason, updated, replicas = node_groups_serving(snapshot, intent, changed)
         present = bool(snapshot.node_groups) or changed is not None
         wanted = {object_key(m) for m in intent.node_groups}
         leftovers = [object_key(m) for m in snapshot.node_groups if object_key(m) not in wanted]
+        switching = any(kind not in workload_kinds | {"Service"} for kind, _ in leftovers)
         if snapshot.deployment is not None:
             leftovers.append(("Deployment", str(snapshot.deployment["metadata"]["name"])))
-    if rolled and weights_ready and not gate_blocks:
+            switching = True
+    if servable:
+        for child in intent.children:
+            # Between shapes (one node <-> several, StatefulSets <-> LWS) the Service keeps selecting the
+            # pods that serve now until the new ones are rolled out: its selector differs per shape.
+            held = child["kind"] == "Service" and switching and not rolled
+            if not held and snapshot.child_hashes.get(child["kind"]) != hash_of(child):
+                decision.apply.append(child)
+    if rolled and servable:
         decision.delete.extend(leftovers)
     # Releasing happens on the way to Ready; a model already Ready on this key has none left.
     on_the_way = old.get("phase") != "Ready" or (old.get("artifact") or {}).get("key") != intent.key
-    if weights_ready and not gate_blocks and rolled and on_the_way:
+    if servable and rolled and on_the_way:
         decision.release.extend(releases(snapshot, intent.key))
     return Serving(
         weights_ready,
