@@ -7,6 +7,7 @@ applies for it in both shapes (StatefulSet per group, LeaderWorkerSet) and walk 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -37,6 +38,8 @@ from qmo.desired.multinode import (
 )
 from qmo.desired.names import serving_name
 from qmo.planner import BUILTIN_GPUS
+from qmo.reconcile.model import ModelReconciler
+from qmo.reconcile.outcome import PermanentFailure
 
 CONFIGS = Path(__file__).parent / "configs"
 LLAMA_405B = json.loads((CONFIGS / "llama-3.1-405b.json").read_text())
@@ -383,3 +386,70 @@ def test_switching_shape_replaces_the_statefulsets_with_a_leader_worker_set() ->
     decision = decide_model(snap, intent_of(snap))
     assert [m["kind"] for m in decision.apply] == ["LeaderWorkerSet", "PodDisruptionBudget"]
     assert decision.delete == []  # the StatefulSets, and the Service selecting them, serve until LWS does
+
+
+class MultiNodeObjects:
+    """What observe_node_groups reads, from memory: whether LWS is served, and the objects by kind."""
+
+    def __init__(self, *, lws_served: bool, objects: list[dict[str, Any]]) -> None:
+        self.lws_served = lws_served
+        self.objects = objects
+        self.asked: list[str] = []
+
+    async def serves(self, api_version: str) -> bool:
+        self.asked.append(api_version)
+        return self.lws_served
+
+    async def list(
+        self, kind: str, namespace: str | None, *, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        assert label_selector == "app.kubernetes.io/component=serving,qmo.dev/model=big"
+        return [o for o in self.objects if o["kind"] == kind]
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        if kind == "LeaderWorkerSet":
+            assert self.lws_served, "an LWS is never read where the API is not served"
+        return next((o for o in self.objects if (o["kind"], o["metadata"]["name"]) == (kind, name)), None)
+
+
+def observed_shape(setting: str, kube: MultiNodeObjects) -> tuple[str, list[str]]:
+    reconciler = ModelReconciler(kube, hub=None, multi_node=setting)  # type: ignore[arg-type]
+    shape, found = asyncio.run(reconciler.observe_node_groups("ns", "big", UID))
+    return shape, sorted(f"{m['kind']}/{m['metadata']['name']}" for m in found)
+
+
+def test_the_shape_follows_the_setting_and_whether_lws_is_served() -> None:
+    lws = intent_of(snapshot(shape="leaderworkerset", artifact_phase=None)).node_groups[0]
+    groups = list(intent_of(snapshot(artifact_phase=None)).node_groups)
+    # LWS makes StatefulSets of its own with the model's labels: they are its, never qmo's to delete.
+    lws_made = {
+        "kind": "StatefulSet",
+        "metadata": {"name": "big-vllm-0", "ownerReferences": [{"uid": "lws"}]},
+    }
+    everything = [*groups, lws, lws_made]
+    ours = [
+        "LeaderWorkerSet/big-vllm",
+        "Service/big-vllm-nodes",
+        "StatefulSet/big-vllm-0",
+        "StatefulSet/big-vllm-1",
+    ]
+    assert observed_shape("auto", MultiNodeObjects(lws_served=True, objects=everything)) == (
+        "leaderworkerset",
+        ours,
+    )
+    assert (
+        observed_shape("statefulset", MultiNodeObjects(lws_served=True, objects=everything))[0]
+        == "statefulset"
+    )
+    without_lws = MultiNodeObjects(lws_served=False, objects=groups)
+    assert observed_shape("auto", without_lws) == ("statefulset", ours[1:])
+    assert without_lws.asked == [LWS_API_VERSION]
+
+
+def test_lws_asked_for_but_not_installed_fails_the_model_naming_the_setting() -> None:
+    with pytest.raises(PermanentFailure) as failure:
+        observed_shape("leaderworkerset", MultiNodeObjects(lws_served=False, objects=[]))
+    assert failure.value.reason == "LeaderWorkerSetMissing"
+    assert "multiNode: leaderworkerset" in failure.value.message and LWS_API_VERSION in failure.value.message
+    with pytest.raises(ValueError, match="multi-node setting 'lws' is not one of auto, leaderworkerset"):
+        ModelReconciler(MultiNodeObjects(lws_served=True, objects=[]), hub=None, multi_node="lws")  # type: ignore[arg-type]

@@ -116,7 +116,8 @@ def resource_of(path: str) -> str:
     rest = parts[2:] if parts[0] == "api" else parts[3:]
     if len(rest) >= 3 and rest[0] == "namespaces":
         rest = rest[2:]
-    return rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "") if rest else "unknown"
+    # A group/version alone is discovery (Kube.serves: is LeaderWorkerSet installed?).
+    return rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "") if rest else "discovery"
 
 
 @dataclass(frozen=True)
