@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from qmo.api.gpuclass import GPUClassSpec
 from qmo.api.quantizedmodel import parse_spec
 from qmo.desired.common import Owner, Placement
+from qmo.desired.multinode import NODE_RANK_ENV, NodePod, build_node_groups
 from qmo.desired.serving import build_serving_deployment, plan_request
 from qmo.planner import BUILTIN_GPUS, PlanningError, plan
 from qmo.reconcile.gpus import ResolvedGPU, from_gpu_class
@@ -205,3 +206,76 @@ def test_planned_args_are_accepted_by_vllm(
         assume(False)  # refused before any GPU is spent: nothing reaches vLLM
         return
     assert_accepted(vllm_parser, argv)
+
+
+def multi_node_objects(shape: str) -> tuple[dict[str, Any], ...]:
+    """What the operator applies for Llama-3.1-405B bf16 on 2 nodes of 8x H100 (TP 8 x PP 2), per shape."""
+    config = json.loads((CONFIGS / "llama-3.1-405b.json").read_text())
+    parsed = parse_spec(
+        {
+            "source": {"huggingface": {"repo": "meta-llama/Llama-3.1-405B"}},
+            "quantization": {"method": "none"},
+            "serving": {"gpuClass": "h100-80gb", "maxModelLen": 8192, "maxNodes": 2},
+        }
+    )
+    gpu = ResolvedGPU(spec=BUILTIN_GPUS["h100-80gb"], placement=Placement())
+    result = plan(config, plan_request(parsed), gpu.spec)
+    assert result.fits and result.pipeline_parallel_size == 2 and result.tensor_parallel_size == 8
+    pod = NodePod(
+        "m", "ns", parsed.serving, plan_status(gpu, result, "none"), "ab" * 32, "ab" * 32, Placement()
+    )
+    return build_node_groups(shape=shape, pod=pod, owner=OWNER)  # type: ignore[arg-type]
+
+
+def expanded(args: list[str], env: dict[str, str]) -> list[str]:
+    """Container args as the kubelet passes them: each ``$(NAME)`` replaced by the container's variable."""
+    for name, value in env.items():
+        args = [arg.replace(f"$({name})", value) for arg in args]
+    assert not any("$(" in arg for arg in args), args
+    return args
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_statefulset_node_args_start_a_multi_node_group_in_vllm(vllm_parser: VllmParser, rank: int) -> None:
+    stateful_set = next(m for m in multi_node_objects("statefulset") if m["kind"] == "StatefulSet")
+    container = stateful_set["spec"]["template"]["spec"]["containers"][0]
+    argv = expanded(container["args"], {NODE_RANK_ENV: str(rank)})
+    if rank > 0:
+        argv.append("--headless")  # what the container's launch script adds (tests/unit/test_multinode.py)
+    answer = vllm_parser.check(argv)
+    assert answer["ok"], answer["error"]
+    assert answer["parallel"] == {
+        "world_size": 16,
+        "local_world_size": 8,  # each node runs its TP group: one pipeline stage per node
+        "node_rank_within_dp": rank,  # 0: the engine and the OpenAI server; 1: vLLM's headless multiproc node
+        "master": "m-vllm-0-0.m-vllm-nodes.ns.svc:29501",
+        "headless": rank > 0,
+    }
+
+
+@pytest.mark.parametrize("role", ["leaderTemplate", "workerTemplate"])
+def test_leader_worker_set_args_start_a_multi_node_group_in_vllm(vllm_parser: VllmParser, role: str) -> None:
+    [lws] = multi_node_objects("leaderworkerset")
+    container = lws["spec"]["leaderWorkerTemplate"][role]["spec"]["containers"][0]
+    # What LWS injects: the leader's address in both; the worker's index (1 for the second node).
+    argv = expanded(container["args"], {"LWS_LEADER_ADDRESS": "m-vllm-0.m-vllm.ns", "LWS_WORKER_INDEX": "1"})
+    answer = vllm_parser.check(argv)
+    assert answer["ok"], answer["error"]
+    worker = role == "workerTemplate"
+    assert answer["parallel"]["local_world_size"] == 8
+    assert answer["parallel"]["node_rank_within_dp"] == int(worker)
+    assert answer["parallel"]["headless"] is worker
+    assert answer["parallel"]["master"] == "m-vllm-0.m-vllm.ns:29501"
+
+
+def test_the_multi_node_flags_need_the_multiprocessing_executor(vllm_parser: VllmParser) -> None:
+    """The multi-node check can fail: vLLM 0.25.1 refuses --nnodes with the Ray executor (Ray places its
+    workers itself), which is why qmo names the mp executor rather than leaving it to vLLM's default."""
+    stateful_set = next(m for m in multi_node_objects("statefulset") if m["kind"] == "StatefulSet")
+    container = stateful_set["spec"]["template"]["spec"]["containers"][0]
+    argv = [
+        "--distributed-executor-backend=ray" if arg.startswith("--distributed-executor-backend=") else arg
+        for arg in expanded(container["args"], {NODE_RANK_ENV: "1"})
+    ]
+    answer = vllm_parser.check(argv)
+    assert not answer["ok"] and "nnodes > 1 can only be set when distributed executor" in answer["error"]

@@ -45,17 +45,45 @@ def build_parser() -> tuple[FlexibleArgumentParser, object]:
     return parser, serve
 
 
+def multi_node(args: object) -> dict[str, object]:
+    """For a multi-node argv: vLLM's own ParallelConfig built from the parsed flags (its multi-node checks
+    run: world size divisible by nnodes, rank below nnodes, an executor that spans nodes), and what it
+    derives: the GPUs this node runs and whether it is the leader or a headless node."""
+    from vllm.config.parallel import ParallelConfig
+
+    # The parsed flags, by the EngineArgs field names argparse stores them under (EngineArgs.from_cli_args
+    # would also resolve the model path, which does not exist here).
+    fields = (
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "nnodes",
+        "node_rank",
+        "master_addr",
+        "master_port",
+        "distributed_executor_backend",
+    )
+    config = ParallelConfig(**{name: getattr(args, name) for name in fields})
+    return {
+        "world_size": config.world_size,
+        "local_world_size": config.local_world_size,
+        "node_rank_within_dp": config.node_rank_within_dp,
+        "master": f"{config.master_addr}:{config.master_port}",
+        "headless": bool(getattr(args, "headless", False)),
+    }
+
+
 def check(parser: FlexibleArgumentParser, serve: object, argv: list[str]) -> dict[str, object]:
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
             args = parser.parse_args(["serve", *argv])
             serve.validate(args)  # type: ignore[attr-defined]
+            parallel = multi_node(args) if args.nnodes > 1 else None
     except SystemExit:
         return {"ok": False, "error": " ".join(errors.getvalue().strip().splitlines()[-1:])}
     except Exception as error:
         return {"ok": False, "error": f"{type(error).__name__}: {error}"}
-    return {"ok": True}
+    return {"ok": True, "parallel": parallel}
 
 
 def main() -> None:

@@ -116,8 +116,16 @@ DYNAMIC_KINDS = {
     "owner_kind": {"QuantizedModel", "ModelArtifact"},
     "kind": {"QuantizedModel", "ModelArtifact"},
     "child_kind": {"Service", "PodDisruptionBudget", "NetworkPolicy"},
-    "child": {"NetworkPolicy", "Deployment", "Service", "PodDisruptionBudget"},
-    "doomed_kind": {"NetworkPolicy"},
+    "child": {
+        "NetworkPolicy",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "StatefulSet",
+        "LeaderWorkerSet",
+    },
+    # a NetworkPolicy turned off; what served a model before it changed between one node and several
+    "doomed_kind": {"NetworkPolicy", "Deployment", "StatefulSet", "Service", "LeaderWorkerSet"},
     "claim": {"PersistentVolumeClaim"},
     "artifact": {"ModelArtifact"},
     # builder calls, by the builder's name
@@ -257,7 +265,8 @@ def test_rbac_has_no_wildcards_and_no_broad_reads() -> None:
         assert not {"escalate", "bind", "impersonate", "deletecollection", "update"} & set(rule["verbs"])
     grants = granted(every)
     assert grants[("", "secrets")] == {"get"}, "Secrets: get the named token only, never list or watch"
-    assert "delete" not in grants[("apps", "deployments")]
+    # Pods are their controllers' to delete; qmo deletes only what it made and no longer wants.
+    assert grants[("", "pods")] == {"list", "watch"}
     assert granted(rules["nodes"]) == {("", "nodes"): {"list"}}, "Nodes: list their shapes, nothing more"
     assert ("", "namespaces") not in grants, "cluster-wide kopf never lists namespaces"
     cluster_scoped = {key for key in granted(rules["cluster"])}

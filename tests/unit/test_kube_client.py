@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from qmo.reconcile.kube import ApiError, Credentials, Kube
+from qmo.reconcile.kube import ApiError, Credentials, Kube, resource_of
 
 
 async def serve(handler: web.Handler) -> tuple[web.AppRunner, str]:
@@ -83,3 +83,13 @@ def test_errors_carry_status_reason_and_message() -> None:
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_requests_are_counted_by_the_resource_they_address() -> None:
+    assert resource_of("/apis/apps/v1/namespaces/ns/statefulsets/big-vllm-0") == "statefulsets"
+    assert (
+        resource_of("/apis/qmo.dev/v1alpha1/namespaces/ns/quantizedmodels/m/status")
+        == "quantizedmodels/status"
+    )
+    # Whether an optional API (LeaderWorkerSet) is installed: a discovery read, not an unknown resource.
+    assert resource_of("/apis/leaderworkerset.x-k8s.io/v1") == "discovery"

@@ -306,17 +306,6 @@ def test_a_plan_that_does_not_fit_is_a_failure_naming_why() -> None:
 LLAMA_405B = json.loads((Path(__file__).parent / "configs" / "llama-3.1-405b.json").read_text())
 
 
-def test_a_multi_node_plan_is_not_rolled_out_as_a_single_node_deployment() -> None:
-    serving = {**SPEC["serving"], "maxNodes": 2}
-    snap = snapshot(spec={**SPEC, "serving": serving, "quantization": {"method": "none"}})
-    result = plan_model(dataclasses.replace(snap, config=LLAMA_405B))
-    assert isinstance(result, Failure) and result.reason == "MultiNodeNotRolledOut"
-    assert result.message.startswith(
-        "multi-node serving (PP=2 across 2 nodes) is planned but not rolled out by this version"
-    )
-    assert "tensor-parallel-size 8 x pipeline-parallel-size 2 on h100-80gb" in result.message
-
-
 def test_max_nodes_reaches_the_plan_and_one_node_stays_the_default() -> None:
     snap = snapshot(spec={**SPEC, "quantization": {"method": "none"}})
     result = plan_model(dataclasses.replace(snap, config=LLAMA_405B))

@@ -359,8 +359,8 @@ class ServingSpec(ApiModel):
     """auto (smallest that fits) or a fixed number of GPUs per replica."""
     max_nodes: int = Field(default=1, ge=1, le=64)
     """Nodes one replica may span. Above 1, a model no single node of the GPU class holds is planned with
-    tensor parallelism inside each node and pipeline parallelism across nodes; this version plans such a
-    model (status says how) but does not roll multi-node serving out."""
+    tensor parallelism inside each node and pipeline parallelism across nodes, and served by one group of
+    pods per replica, one pod per node (a LeaderWorkerSet, or a StatefulSet, see docs/concepts.md)."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0.05, le=0.99)
     """Fraction of each GPU's total memory vLLM may use."""
     max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
@@ -479,7 +479,9 @@ class PlanStatus(ApiModel):
     gpu_memory_gib: float
     """Total memory of one GPU as CUDA reports it."""
     tensor_parallel_size: int
-    """GPUs per replica."""
+    """GPUs per node of a replica (per replica, when it runs on one node)."""
+    pipeline_parallel_size: int | None = None
+    """Nodes per replica (pipeline stages, one per node); unset when a replica runs on one node."""
     dtype: str
     """vLLM --dtype."""
     kv_cache_dtype: str

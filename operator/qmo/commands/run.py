@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resync-seconds", type=float, default=float(os.environ.get("QMO_RESYNC_SECONDS", "60"))
     )
+    parser.add_argument(
+        "--multi-node",
+        choices=("auto", "leaderworkerset", "statefulset"),
+        default=os.environ.get("QMO_MULTI_NODE", "auto"),
+        help="how a replica that spans nodes runs: a LeaderWorkerSet (auto: when the cluster serves "
+        "leaderworkerset.x-k8s.io/v1) or one StatefulSet per replica",
+    )
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             resync_seconds=args.resync_seconds,
             peering_lifetime=args.peering_lifetime,
+            multi_node=args.multi_node,
         )
     )
     priority = peering_priority(args.peering_priority, time.time_ns())

@@ -32,6 +32,14 @@ from qmo.desired.artifact import (
 )
 from qmo.desired.common import Event, Manifest, Owner, ResolvedGPU, label_selector
 from qmo.desired.jobs import unschedulable_message
+from qmo.desired.multinode import (
+    MultiNodeShape,
+    NodePod,
+    build_node_groups,
+    leader_labels,
+    leader_worker_set_rollout,
+    statefulset_rollout,
+)
 from qmo.desired.names import CACHE_CLAIM_NAME, DESIRED_HASH_ANNOTATION, artifact_name
 from qmo.desired.quality import GateVerdict, gate_verdict, quality_thresholds
 from qmo.desired.serving import (
@@ -81,6 +89,9 @@ def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> Pla
         gpu_class=gpu.spec.name,
         gpu_memory_gib=gpu.spec.memory_gib,
         tensor_parallel_size=serving_plan.tensor_parallel_size,
+        pipeline_parallel_size=serving_plan.pipeline_parallel_size
+        if serving_plan.pipeline_parallel_size > 1
+        else None,
         dtype=serving_plan.dtype,
         kv_cache_dtype=serving_plan.kv_cache_dtype,
         max_model_len=serving_plan.max_model_len,
@@ -95,16 +106,6 @@ def plan_status(gpu: ResolvedGPU, serving_plan: ServingPlan, method: str) -> Pla
         gpu_memory_utilization=serving_plan.gpu_memory_utilization,
         calibration=serving_plan.calibration_version,
         calibration_warning=serving_plan.calibration_warning,
-    )
-
-
-def multi_node_message(serving_plan: ServingPlan) -> str:
-    """Why a model whose plan spans nodes is not served, with the plan a later version would roll out."""
-    pp, tp = serving_plan.pipeline_parallel_size, serving_plan.tensor_parallel_size
-    return (
-        f"multi-node serving (PP={pp} across {pp} nodes) is planned but not rolled out by this version: "
-        f"tensor-parallel-size {tp} x pipeline-parallel-size {pp} on {serving_plan.gpu}, "
-        f"{serving_plan.kv_cache_tokens} KV tokens; set spec.serving.maxNodes to 1 to plan on one node only"
     )
 
 
@@ -149,6 +150,11 @@ class ModelSnapshot:
     """Kind -> the desired-hash annotation of the model's Service, PodDisruptionBudget, NetworkPolicy."""
     pods: tuple[Manifest, ...] | None = None
     """The serving pods, when they were read (a rollout in progress)."""
+    multi_node: MultiNodeShape = "statefulset"
+    """How this operator serves a replica that spans nodes (desired/multinode.py): a LeaderWorkerSet where
+    the operator was told so or found LWS installed, else a StatefulSet per replica group."""
+    node_groups: tuple[Manifest, ...] = ()
+    """The model's multi-node objects as observed (StatefulSets and their headless Service, or its LWS)."""
 
     @property
     def owner(self) -> Owner:
@@ -171,10 +177,13 @@ class ModelIntent:
     """The ModelArtifact to create when none exists for the key."""
     cache_claim: Manifest
     """The namespace's cache claim to create (if missing) before the artifact."""
-    deployment: Manifest
+    deployment: Manifest | None
+    """The single-node Deployment; None when a replica spans nodes (then ``node_groups``)."""
     children: tuple[Manifest, ...]
     """Service and PodDisruptionBudget, stamped with their hashes."""
     network_policy: Manifest | None
+    node_groups: tuple[Manifest, ...] = ()
+    """A multi-node model's workload objects (desired/multinode.py), stamped with their hashes."""
 
 
 def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
@@ -196,10 +205,6 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
         return Failure("InvalidModelConfig", message, unexpected=True)
     if not serving_plan.fits:
         return Failure("DoesNotFit", serving_plan.reason or "the model does not fit the GPU class")
-    if serving_plan.pipeline_parallel_size > 1:
-        # The serving objects below are one Deployment of one pod per replica: a multi-node plan must not
-        # silently become a single-node Deployment that cannot start.
-        return Failure("MultiNodeNotRolledOut", multi_node_message(serving_plan))
     planned = plan_status(gpu, serving_plan, spec.quantization.method)
     recipe = artifact_recipe(spec.quantization)
     key = content_key(snapshot.source, recipe)
@@ -226,18 +231,29 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
             backoff_limit=spec.quantize_job.backoff_limit,
         ),
     )
-    deployment = with_hash(
-        build_serving_deployment(
-            model=model,
-            namespace=namespace,
-            owner=owner,
-            serving=spec.serving,
-            plan=planned,
-            artifact_key=key,
-            artifact_path=key,
-            placement=gpu.placement,
+    multi_node = serving_plan.pipeline_parallel_size > 1
+    deployment: Manifest | None = None
+    node_groups: tuple[Manifest, ...] = ()
+    leaders: dict[str, str] | None = None
+    if multi_node:
+        pod = NodePod(model, namespace, spec.serving, planned, key, key, gpu.placement)
+        node_groups = tuple(
+            with_hash(m) for m in build_node_groups(shape=snapshot.multi_node, pod=pod, owner=owner)
         )
-    )
+        leaders = leader_labels(snapshot.multi_node)
+    else:
+        deployment = with_hash(
+            build_serving_deployment(
+                model=model,
+                namespace=namespace,
+                owner=owner,
+                serving=spec.serving,
+                plan=planned,
+                artifact_key=key,
+                artifact_path=key,
+                placement=gpu.placement,
+            )
+        )
     policy = spec.serving.network_policy
     return ModelIntent(
         serving_plan=serving_plan,
@@ -249,14 +265,20 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
         cache_claim=cache_claim(snapshot, serving_plan.checkpoint_bytes),
         deployment=deployment,
         children=(
-            with_hash(build_serving_service(model=model, namespace=namespace, owner=owner)),
+            with_hash(
+                build_serving_service(model=model, namespace=namespace, owner=owner, leader_labels=leaders)
+            ),
+            # One budget over every pod of every group: a drain takes at most one node, so at most one group.
             with_hash(build_pod_disruption_budget(model=model, namespace=namespace, owner=owner)),
         ),
         network_policy=with_hash(
-            build_network_policy(model=model, namespace=namespace, owner=owner, policy=policy)
+            build_network_policy(
+                model=model, namespace=namespace, owner=owner, policy=policy, multi_node=multi_node
+            )
         )
         if policy.enabled
         else None,
+        node_groups=node_groups,
     )
 
 
@@ -358,14 +380,56 @@ class Serving:
     weights_ready: bool
     gate_blocks: bool
     deployment: Manifest | None
+    """The single-node Deployment (None for a multi-node model, whose groups ``present`` counts)."""
     rolled: bool
     ready: int
     rollout_reason: str
     updated: int
+    replicas: int
+    present: bool
+    """Something serves or is being rolled out (the Deployment, or the multi-node groups)."""
+
+
+def object_key(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    return str(manifest["kind"]), str(manifest["metadata"]["name"])
+
+
+def apply_node_groups(snapshot: ModelSnapshot, intent: ModelIntent, decision: ModelDecision) -> set[str]:
+    """Apply the multi-node objects whose hash changed; the names of those applied."""
+    observed = {object_key(m): m for m in snapshot.node_groups}
+    changed = set()
+    for wanted in intent.node_groups:
+        if hash_of(observed.get(object_key(wanted))) != hash_of(wanted):
+            decision.apply.append(wanted)
+            changed.add(wanted["metadata"]["name"])
+    return changed
+
+
+def node_groups_serving(
+    snapshot: ModelSnapshot, intent: ModelIntent, changed: set[str] | None
+) -> tuple[bool, int, str, int, int]:
+    """(rolled, ready groups, reason, updated groups, existing groups) of a multi-node model once the
+    decision is applied (``changed``: the objects it applies; None when it applies nothing)."""
+    groups, nodes = snapshot.spec.serving.replicas, intent.serving_plan.pipeline_parallel_size
+    observed = {object_key(m): m for m in snapshot.node_groups}
+    effective = [
+        effective_deployment(observed.get(object_key(w)), w, w["metadata"]["name"] in (changed or set()))
+        for w in intent.node_groups
+    ]
+    if snapshot.multi_node == "leaderworkerset":
+        [lws] = intent.node_groups
+        rollout = leader_worker_set_rollout(
+            observed.get(object_key(lws)),
+            groups=groups,
+            changing=lws["metadata"]["name"] in (changed or set()),
+        )
+    else:
+        rollout = statefulset_rollout([m for m in effective if m is not None], groups=groups, nodes=nodes)
+    return rollout.rolled, rollout.ready, rollout.reason, rollout.updated, rollout.replicas
 
 
 def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: ModelDecision) -> Serving:
-    """Which serving objects to apply or delete, and how the Deployment will stand afterwards."""
+    """Which serving objects to apply or delete, and how the Deployment (or the groups) will stand."""
     spec, old = snapshot.spec, snapshot.old
     artifact = find_artifact(snapshot.artifacts, intent.artifact_name)
     artifact_status = (artifact or {}).get("status") or {}
@@ -373,28 +437,65 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
     verdict = gate_verdict(artifact_status.get("quality"), quality_thresholds(spec.quantization))
     # A failed gate holds the rollout: whatever serves now (a previous artifact) keeps serving untouched.
     gate_blocks = weights_ready and verdict.blocks
+    servable = weights_ready and not gate_blocks
     deployment = snapshot.deployment
-    if weights_ready and not gate_blocks:
+    changed: set[str] | None = None
+    if servable:
         # The policy first, so the pods never run open when it is asked for.
         policy = intent.network_policy
         if policy is not None and snapshot.child_hashes.get("NetworkPolicy") != hash_of(policy):
             decision.apply.append(policy)
         if policy is None and old.get("networkPolicy"):
             decision.delete.append(("NetworkPolicy", str(old["networkPolicy"])))
-        changing = hash_of(deployment) != hash_of(intent.deployment)
-        if changing:
-            decision.apply.append(intent.deployment)
+        if intent.deployment is not None:
+            changing = hash_of(deployment) != hash_of(intent.deployment)
+            if changing:
+                decision.apply.append(intent.deployment)
+            deployment = effective_deployment(deployment, intent.deployment, changing)
+        else:
+            changed = apply_node_groups(snapshot, intent, decision)
+    workload_kinds = {m["kind"] for m in intent.node_groups if m["kind"] != "Service"}
+    if intent.deployment is not None:
+        rolled, ready, reason = deployment_rollout(deployment, spec.serving.replicas)
+        status = (deployment or {}).get("status") or {}
+        updated, replicas = int(status.get("updatedReplicas", 0)), int(status.get("replicas", 0))
+        present = deployment is not None
+        # What served while the model spanned nodes goes once the Deployment serves in its place.
+        leftovers = [object_key(m) for m in snapshot.node_groups]
+        switching = bool(leftovers)
+    else:
+        rolled, ready, reason, updated, replicas = node_groups_serving(snapshot, intent, changed)
+        present = bool(snapshot.node_groups) or changed is not None
+        wanted = {object_key(m) for m in intent.node_groups}
+        leftovers = [object_key(m) for m in snapshot.node_groups if object_key(m) not in wanted]
+        switching = any(kind not in workload_kinds | {"Service"} for kind, _ in leftovers)
+        if snapshot.deployment is not None:
+            leftovers.append(("Deployment", str(snapshot.deployment["metadata"]["name"])))
+            switching = True
+    if servable:
         for child in intent.children:
-            if snapshot.child_hashes.get(child["kind"]) != hash_of(child):
+            # Between shapes (one node <-> several, StatefulSets <-> LWS) the Service keeps selecting the
+            # pods that serve now until the new ones are rolled out: its selector differs per shape.
+            held = child["kind"] == "Service" and switching and not rolled
+            if not held and snapshot.child_hashes.get(child["kind"]) != hash_of(child):
                 decision.apply.append(child)
-        deployment = effective_deployment(deployment, intent.deployment, changing)
-    rolled, ready, reason = deployment_rollout(deployment, spec.serving.replicas)
+    if rolled and servable:
+        decision.delete.extend(leftovers)
     # Releasing happens on the way to Ready; a model already Ready on this key has none left.
     on_the_way = old.get("phase") != "Ready" or (old.get("artifact") or {}).get("key") != intent.key
-    if weights_ready and not gate_blocks and rolled and on_the_way:
+    if servable and rolled and on_the_way:
         decision.release.extend(releases(snapshot, intent.key))
-    updated = int(((deployment or {}).get("status") or {}).get("updatedReplicas", 0))
-    return Serving(weights_ready, gate_blocks, deployment, rolled, ready, reason, updated)
+    return Serving(
+        weights_ready,
+        gate_blocks,
+        deployment if intent.deployment is not None else None,
+        rolled,
+        ready,
+        reason,
+        updated,
+        replicas,
+        present,
+    )
 
 
 def decide_artifact(snapshot: ModelSnapshot, intent: ModelIntent, decision: ModelDecision) -> bool:
@@ -454,10 +555,9 @@ def decide_model(
         status["networkPolicy"] = intent.network_policy["metadata"]["name"]
     elif old.get("networkPolicy") and not (serving.weights_ready and not serving.gate_blocks):
         status["networkPolicy"] = old["networkPolicy"]  # kept while new weights are being made
-    replicas = int(((serving.deployment or {}).get("status") or {}).get("replicas", 0))
     wanted = spec.serving.replicas
-    status.update(replicas=replicas, readyReplicas=serving.ready, ready=f"{serving.ready}/{wanted}")
-    if serving.deployment is not None:
+    status.update(replicas=serving.replicas, readyReplicas=serving.ready, ready=f"{serving.ready}/{wanted}")
+    if serving.present:
         status["endpoint"] = endpoint_url(model=name, namespace=snapshot.namespace)
     if verification.observed is not None:
         status["plan"]["observed"] = verification.observed
@@ -494,16 +594,14 @@ def choose_phase(
             message += f": {artifact_message}"  # no node for the quantize Job: the user's fix too
         return "Quantizing", message
     if serving.gate_blocks:
-        keeps = (
-            "the previous artifact keeps serving"
-            if serving.deployment is not None
-            else "nothing was deployed"
-        )
+        keeps = "the previous artifact keeps serving" if serving.present else "nothing was deployed"
         return "Degraded", f"quality gate: ModelArtifact {intent.artifact_name}: {verdict.message}; {keeps}"
     if serving.rolled:
+        nodes = intent.planned.pipeline_parallel_size
+        per_replica = f"{nodes} nodes of " if nodes else ""
         return (
             "Ready",
-            f"serving on {intent.planned.tensor_parallel_size}x {snapshot.gpu.spec.name} per replica",
+            f"serving on {per_replica}{intent.planned.tensor_parallel_size}x {snapshot.gpu.spec.name} per replica",
         )
     if verification.degraded:
         return "Degraded", verification.message
@@ -531,7 +629,7 @@ def model_conditions(
     previous = list(snapshot.old.get("conditions", []))
     generation, now = snapshot.generation, snapshot.now
     wanted = snapshot.spec.serving.replicas
-    serving_current = serving.deployment is not None and serving.weights_ready and not serving.gate_blocks
+    serving_current = serving.present and serving.weights_ready and not serving.gate_blocks
     artifact_phase = artifact_status.get("phase", "Pending")
     ready = serving.weights_ready
 

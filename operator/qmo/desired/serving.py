@@ -7,7 +7,7 @@ come from ``vllm_serve_args``; the few differences of vLLM's CPU build are in ``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from qmo.api.quantizedmodel import NetworkPolicySpec, PlanStatus, QuantizedModelSpec, ServingSpec
@@ -192,20 +192,22 @@ def cpu_engine_command(
     return EngineCommand(args=pip_wheel_entrypoint(serve), env=VLLM_ENV, unset_env=CPU_ENGINE_UNSET_ENV)
 
 
-def build_serving_deployment(
+def serving_labels(model: str) -> dict[str, str]:
+    """Labels of every serving object and pod of a model (its selector labels among them)."""
+    return {**common_labels(component="serving", instance=model), LABEL_MODEL: model}
+
+
+def serving_pod_template(
     *,
     model: str,
-    namespace: str,
-    owner: Owner,
     serving: ServingSpec,
     plan: PlanStatus,
     artifact_key: str,
     artifact_path: str,
     placement: Placement,
 ) -> Manifest:
-    name = serving_name(model)
-    labels = {**common_labels(component="serving", instance=model), LABEL_MODEL: model}
-    pod_labels = {**labels, LABEL_ARTIFACT_KEY: key_label(artifact_key)}
+    """The vLLM pod of one replica (one node of one replica, for multi-node serving: desired/multinode.py)."""
+    pod_labels = {**serving_labels(model), LABEL_ARTIFACT_KEY: key_label(artifact_key)}
     placement = placement.merged(serving.node_selector, list(serving.tolerations))
     tp = plan.tensor_parallel_size
     on_cpu = placement.device == "cpu"
@@ -266,6 +268,39 @@ def build_serving_deployment(
         pod_spec["tolerations"] = list(placement.tolerations)
     if serving.affinity:
         pod_spec["affinity"] = serving.affinity
+    return {
+        "metadata": {
+            "labels": pod_labels,
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(VLLM_PORT),
+                "prometheus.io/path": "/metrics",
+                **serving.pod_annotations,
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_serving_deployment(
+    *,
+    model: str,
+    namespace: str,
+    owner: Owner,
+    serving: ServingSpec,
+    plan: PlanStatus,
+    artifact_key: str,
+    artifact_path: str,
+    placement: Placement,
+) -> Manifest:
+    template = serving_pod_template(
+        model=model,
+        serving=serving,
+        plan=plan,
+        artifact_key=artifact_key,
+        artifact_path=artifact_path,
+        placement=placement,
+    )
     # Without surge a rollout replaces one replica at a time on the GPUs it frees: never two full copies.
     strategy = (
         {"maxSurge": 1, "maxUnavailable": 0} if serving.allow_surge else {"maxSurge": 0, "maxUnavailable": 1}
@@ -274,27 +309,16 @@ def build_serving_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": name,
+            "name": serving_name(model),
             "namespace": namespace,
-            "labels": labels,
+            "labels": serving_labels(model),
             "ownerReferences": [owner.reference(controller=True)],
         },
         "spec": {
             "replicas": serving.replicas,
             "selector": {"matchLabels": selector_labels(model)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": strategy},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(VLLM_PORT),
-                        "prometheus.io/path": "/metrics",
-                        **serving.pod_annotations,
-                    },
-                },
-                "spec": pod_spec,
-            },
+            "template": template,
         },
     }
 
@@ -304,19 +328,23 @@ def serving_child_metadata(*, model: str, namespace: str, owner: Owner) -> Manif
     return {
         "name": serving_name(model),
         "namespace": namespace,
-        "labels": {**common_labels(component="serving", instance=model), LABEL_MODEL: model},
+        "labels": serving_labels(model),
         "ownerReferences": [owner.reference(controller=True)],
     }
 
 
-def build_serving_service(*, model: str, namespace: str, owner: Owner) -> Manifest:
+def build_serving_service(
+    *, model: str, namespace: str, owner: Owner, leader_labels: Mapping[str, str] | None = None
+) -> Manifest:
+    """The model's endpoint. ``leader_labels``: for multi-node serving, what marks the pods that run the
+    OpenAI server (a replica's other nodes are headless and must never receive a request)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": serving_child_metadata(model=model, namespace=namespace, owner=owner),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(model),
+            "selector": {**selector_labels(model), **(leader_labels or {})},
             "ports": [{"name": "http", "port": VLLM_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -332,13 +360,20 @@ def build_pod_disruption_budget(*, model: str, namespace: str, owner: Owner) -> 
     }
 
 
-def build_network_policy(*, model: str, namespace: str, owner: Owner, policy: NetworkPolicySpec) -> Manifest:
+def build_network_policy(
+    *, model: str, namespace: str, owner: Owner, policy: NetworkPolicySpec, multi_node: bool = False
+) -> Manifest:
     """Ingress to the vLLM port of this model's pods only from ``policy.ingressFrom`` (default: the namespace).
 
     Ingress only: a serving pod reads its weights from the cache volume and needs no network of its own,
     and restricting egress would also cut DNS, which a cluster's own policies handle better.
+    ``multi_node``: the nodes of a replica also reach each other on every port (torch.distributed, NCCL and
+    vLLM's message queues pick their ports at start).
     """
     peers = [peer.to_wire() for peer in policy.ingress_from] or [{"podSelector": {}}]
+    ingress: list[Manifest] = [{"from": peers, "ports": [{"protocol": "TCP", "port": VLLM_PORT}]}]
+    if multi_node:
+        ingress.append({"from": [{"podSelector": {"matchLabels": selector_labels(model)}}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -346,7 +381,7 @@ def build_network_policy(*, model: str, namespace: str, owner: Owner, policy: Ne
         "spec": {
             "podSelector": {"matchLabels": selector_labels(model)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": VLLM_PORT}]}],
+            "ingress": ingress,
         },
     }
 

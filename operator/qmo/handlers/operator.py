@@ -49,6 +49,9 @@ class OperatorConfig:
     # Reads of watched kinds come from the watch streams (reconcile/cache.py); off, every read is a request
     # (QMO_WATCH_CACHE=off: for comparing request counts, or to rule the cache out when debugging).
     watch_cache: bool = os.environ.get("QMO_WATCH_CACHE", "on") != "off"
+    # How a replica that spans nodes runs: auto (a LeaderWorkerSet where LWS is installed, else StatefulSets),
+    # leaderworkerset or statefulset (desired/multinode.py; the chart's multiNode).
+    multi_node: str = "auto"
 
 
 @dataclass
@@ -130,7 +133,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             kube.cache = cache
         runtime_holder["runtime"] = Runtime(
             kube=kube,
-            models=ModelReconciler(kube, HubClient()),
+            models=ModelReconciler(kube, HubClient(), multi_node=config.multi_node),
             artifacts=ArtifactReconciler(kube),
             metrics=metrics,
         )
@@ -361,6 +364,17 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         "apps", "v1", "deployments", id="wake-models-on-rollout", labels=MANAGED, registry=registry
     )
     async def deployment_event(
+        body: kopf.Body, type: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    ) -> None:
+        if type == "MODIFIED":
+            await wake_owners("QuantizedModel", body, logger)
+
+    # A multi-node model's groups (desired/multinode.py), the same way. LeaderWorkerSets are not watched (the
+    # CRD may be absent or come later): the resync timer notices their progress.
+    @kopf.on.event(
+        "apps", "v1", "statefulsets", id="wake-models-on-group-rollout", labels=MANAGED, registry=registry
+    )
+    async def statefulset_event(
         body: kopf.Body, type: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
     ) -> None:
         if type == "MODIFIED":

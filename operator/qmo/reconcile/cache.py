@@ -1,6 +1,6 @@
 """Reads answered from the operator's watch streams (kopf indexes) instead of the API server.
 
-A reconcile reads its model's artifact, Deployment, Service, PodDisruptionBudget, NetworkPolicy, GPU class
+A reconcile reads its model's artifact, Deployment (or multi-node StatefulSets), Service, PodDisruptionBudget, NetworkPolicy, GPU class
 and pods. Asking the API server for each costs a request per object per reconcile, which is what limited a
 fleet (55 to 73 requests per model between apply and Ready). kopf already keeps one watch stream per kind;
 an index over each kind keeps the latest body of every object it sees, and kopf starts no handler before
@@ -43,6 +43,7 @@ WATCHED_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind("ModelArtifact", "qmo.dev", "v1alpha1", "modelartifacts"),
     WatchedKind("GPUClass", "qmo.dev", "v1alpha1", "gpuclasses"),
     WatchedKind("Deployment", "apps", "v1", "deployments", managed_only=True),
+    WatchedKind("StatefulSet", "apps", "v1", "statefulsets", managed_only=True),
     WatchedKind("Service", "", "v1", "services", managed_only=True),
     WatchedKind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", managed_only=True),
     WatchedKind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", managed_only=True),

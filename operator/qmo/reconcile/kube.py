@@ -31,6 +31,8 @@ KINDS: dict[str, tuple[str, bool]] = {
     "ModelArtifact": ("modelartifacts", True),
     "GPUClass": ("gpuclasses", False),
     "Deployment": ("deployments", True),
+    "StatefulSet": ("statefulsets", True),
+    "LeaderWorkerSet": ("leaderworkersets", True),
     "Service": ("services", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
     "NetworkPolicy": ("networkpolicies", True),
@@ -48,6 +50,8 @@ API_VERSIONS: dict[str, str] = {
     "ModelArtifact": "qmo.dev/v1alpha1",
     "GPUClass": "qmo.dev/v1alpha1",
     "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "LeaderWorkerSet": "leaderworkerset.x-k8s.io/v1",
     "Service": "v1",
     "PodDisruptionBudget": "policy/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
@@ -112,7 +116,8 @@ def resource_of(path: str) -> str:
     rest = parts[2:] if parts[0] == "api" else parts[3:]
     if len(rest) >= 3 and rest[0] == "namespaces":
         rest = rest[2:]
-    return rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "") if rest else "unknown"
+    # A group/version alone is discovery (Kube.serves: is LeaderWorkerSet installed?).
+    return rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "") if rest else "discovery"
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,17 @@ class Kube:
                 return response.status, response.reason or "", await response.text()
         except (TimeoutError, aiohttp.ClientError) as error:
             raise ApiError(0, "Unreachable", f"{type(error).__name__}: {error}") from error
+
+    async def serves(self, api_version: str) -> bool:
+        """Whether the API server serves this group/version (discovery, which every authenticated client may
+        read): how an optional API such as LeaderWorkerSet is found installed or not."""
+        try:
+            await self._request("GET", f"/apis/{api_version}")
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     async def get(
         self, kind: str, namespace: str | None, name: str, *, fresh: bool = False

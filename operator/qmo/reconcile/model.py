@@ -28,6 +28,13 @@ from qmo.desired.decision import (
     plan_status,
     serving_selector,
 )
+from qmo.desired.multinode import (
+    LWS_API_VERSION,
+    MULTI_NODE_SETTINGS,
+    MultiNodeShape,
+    leader_worker_set_name,
+    nodes_service_name,
+)
 from qmo.desired.names import CACHE_CLAIM_NAME, serving_name
 from qmo.desired.status import (
     condition,
@@ -52,10 +59,28 @@ __all__ = ["ModelReconciler", "plan_status", "serving_selector"]
 HASHED_CHILDREN = ("Service", "PodDisruptionBudget", "NetworkPolicy")
 
 
+def controlled_by(child: Mapping[str, Any], uid: str) -> bool:
+    refs = child["metadata"].get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
 class ModelReconciler:
     """Reconciles QuantizedModels. One instance per operator; no state a restart would lose."""
 
-    def __init__(self, kube: Kube, hub: HubClient, scraper: PodMetricsScraper | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        hub: HubClient,
+        scraper: PodMetricsScraper | None = None,
+        *,
+        multi_node: str = "auto",
+    ) -> None:
+        if multi_node not in MULTI_NODE_SETTINGS:
+            raise ValueError(
+                f"multi-node setting {multi_node!r} is not one of {', '.join(MULTI_NODE_SETTINGS)}"
+            )
+        self.multi_node = multi_node
+        """auto, leaderworkerset or statefulset (the chart's multiNode): how replicas that span nodes run."""
         self.kube = kube
         self.verifier = PlanVerifier(kube, scraper or PodMetricsScraper())
         self.sources = SourceResolver(kube, hub)
@@ -169,9 +194,14 @@ class ModelReconciler:
             )
             if not unused:  # a model without a NetworkPolicy costs no read of one
                 hashes[child_kind] = hash_of(await self.kube.get(child_kind, namespace, serving_name(name)))
+        shape: MultiNodeShape = "statefulset"
+        node_groups: tuple[Manifest, ...] = ()
+        # Only a model that may span nodes, or did, costs the reads of multi-node objects.
+        if spec.serving.max_nodes > 1 or (old.get("plan") or {}).get("pipelineParallelSize"):
+            shape, node_groups = await self.observe_node_groups(namespace, name, uid)
         pods = None
         rolled, _, _ = deployment_rollout(deployment, spec.serving.replicas)
-        if deployment is not None and (not rolled or self.kube.cache is not None):
+        if node_groups or (deployment is not None and (not rolled or self.kube.cache is not None)):
             pods = tuple(await self.kube.list("Pod", namespace, label_selector=serving_selector(name)))
         return ModelSnapshot(
             namespace=namespace,
@@ -189,7 +219,36 @@ class ModelReconciler:
             deployment=deployment,
             child_hashes=hashes,
             pods=pods,
+            multi_node=shape,
+            node_groups=node_groups,
         )
+
+    async def observe_node_groups(
+        self, namespace: str, name: str, uid: str
+    ) -> tuple[MultiNodeShape, tuple[Manifest, ...]]:
+        """The shape multi-node replicas take now, and the model's multi-node objects of either shape.
+
+        Whether LeaderWorkerSet is installed is asked on every such reconcile (one discovery request), so
+        installing or removing its CRD takes effect without restarting the operator."""
+        lws_served = await self.kube.serves(LWS_API_VERSION)
+        if self.multi_node == "leaderworkerset" and not lws_served:
+            raise PermanentFailure(
+                "LeaderWorkerSetMissing",
+                f"the operator is set to serve multi-node models as LeaderWorkerSets (multiNode: "
+                f"leaderworkerset) but the API server does not serve {LWS_API_VERSION}: install LWS, or "
+                "set multiNode to auto or statefulset",
+            )
+        shape: MultiNodeShape = (
+            "statefulset" if self.multi_node == "statefulset" or not lws_served else "leaderworkerset"
+        )
+        found: list[Manifest | None] = [
+            *await self.kube.list("StatefulSet", namespace, label_selector=serving_selector(name)),
+            await self.kube.get("Service", namespace, nodes_service_name(name)),
+        ]
+        if lws_served:
+            found.append(await self.kube.get("LeaderWorkerSet", namespace, leader_worker_set_name(name)))
+        # Only what this model controls: LWS makes StatefulSets of its own, which are its to manage.
+        return shape, tuple(m for m in found if m is not None and controlled_by(m, uid))
 
     async def decide(self, snapshot: ModelSnapshot) -> ModelDecision:
         """The pure decision, with the serving pods' /metrics read in between when a verification is due."""

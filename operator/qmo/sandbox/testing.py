@@ -110,7 +110,7 @@ class Kube:
         """What a person debugging a failed test would look at first: the namespace's objects and events."""
         lines = []
         for args in (
-            ("get", "quantizedmodels,modelartifacts,jobs,pods,deployments", "-o", "wide"),
+            ("get", "quantizedmodels,modelartifacts,jobs,pods,deployments,statefulsets", "-o", "wide"),
             (
                 "get",
                 "quantizedmodels",
