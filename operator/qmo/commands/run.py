@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resync-seconds", type=float, default=float(os.environ.get("QMO_RESYNC_SECONDS", "60"))
     )
+    parser.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("QMO_PROMETHEUS_URL", ""),
+        help="Prometheus that KEDA's triggers query for autoscaling models (e.g. "
+        "http://prometheus-operated.monitoring.svc:9090); unset, they get a HorizontalPodAutoscaler",
+    )
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             resync_seconds=args.resync_seconds,
             peering_lifetime=args.peering_lifetime,
+            prometheus_url=args.prometheus_url or None,
         )
     )
     priority = peering_priority(args.peering_priority, time.time_ns())

@@ -30,6 +30,15 @@ from qmo.desired.artifact import (
     content_key,
     source_slug,
 )
+from qmo.desired.autoscaling import (
+    AutoscalerIntent,
+    AutoscalingEnvironment,
+    autoscaling_message,
+    autoscaling_status,
+    plan_autoscaler,
+    replicas_handoff,
+    wanted_replicas,
+)
 from qmo.desired.common import Event, Manifest, Owner, ResolvedGPU, label_selector
 from qmo.desired.jobs import unschedulable_message
 from qmo.desired.names import CACHE_CLAIM_NAME, DESIRED_HASH_ANNOTATION, artifact_name
@@ -149,6 +158,10 @@ class ModelSnapshot:
     """Kind -> the desired-hash annotation of the model's Service, PodDisruptionBudget, NetworkPolicy."""
     pods: tuple[Manifest, ...] | None = None
     """The serving pods, when they were read (a rollout in progress)."""
+    autoscaling: AutoscalingEnvironment = field(default_factory=AutoscalingEnvironment)
+    """What the cluster offers an autoscaling model (KEDA, a Prometheus address)."""
+    autoscaler: Manifest | None = None
+    """The model's HorizontalPodAutoscaler or ScaledObject as observed (spec.serving.autoscaling)."""
 
     @property
     def owner(self) -> Owner:
@@ -175,6 +188,8 @@ class ModelIntent:
     children: tuple[Manifest, ...]
     """Service and PodDisruptionBudget, stamped with their hashes."""
     network_policy: Manifest | None
+    autoscaler: AutoscalerIntent | None = None
+    """The autoscaler (manifest stamped with its hash) while spec.serving.autoscaling is set."""
 
 
 def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
@@ -239,6 +254,16 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
         )
     )
     policy = spec.serving.network_policy
+    autoscaler = plan_autoscaler(
+        model=model,
+        namespace=namespace,
+        owner=owner,
+        serving=spec.serving,
+        plan=planned,
+        environment=snapshot.autoscaling,
+    )
+    if autoscaler is not None:
+        autoscaler = replace(autoscaler, manifest=with_hash(autoscaler.manifest))
     return ModelIntent(
         serving_plan=serving_plan,
         planned=planned,
@@ -257,6 +282,7 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
         )
         if policy.enabled
         else None,
+        autoscaler=autoscaler,
     )
 
 
@@ -314,6 +340,11 @@ class ModelDecision:
     """Server-side applies, in order (the NetworkPolicy before the Deployment it guards)."""
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children to delete."""
+    replicas_handoff: Manifest | None = None
+    """Applied first, by its own field manager: keeps the replica count when qmo hands it to an autoscaler."""
+    release_autoscaler: tuple[str, str] | None = None
+    """(kind, name) of the autoscaler the model no longer has: deleted before the Deployment is applied, so
+    it cannot scale once qmo has taken the replica count back."""
     release: list[ArtifactRelease] = field(default_factory=list)
     serving: Serving | None = None
     """How the serving side will stand (None when the decision ended at the artifact)."""
@@ -335,6 +366,9 @@ def effective_deployment(observed: Manifest | None, desired: Manifest, changing:
     generation = int(((observed or {}).get("metadata") or {}).get("generation", 0)) + 1
     applied: Manifest = json.loads(json.dumps(desired))
     applied["metadata"]["generation"] = generation
+    kept = ((observed or {}).get("spec") or {}).get("replicas")
+    if "replicas" not in applied["spec"] and kept is not None:
+        applied["spec"]["replicas"] = kept  # an autoscaler's count outlives qmo's apply (replicas_handoff)
     applied["status"] = dict((observed or {}).get("status") or {})
     return applied
 
@@ -383,18 +417,32 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
             decision.delete.append(("NetworkPolicy", str(old["networkPolicy"])))
         changing = hash_of(deployment) != hash_of(intent.deployment)
         if changing:
+            if intent.autoscaler is not None:
+                decision.replicas_handoff = replicas_handoff(deployment)
             decision.apply.append(intent.deployment)
         for child in intent.children:
             if snapshot.child_hashes.get(child["kind"]) != hash_of(child):
                 decision.apply.append(child)
+        decide_autoscaler(snapshot, intent, decision)
         deployment = effective_deployment(deployment, intent.deployment, changing)
-    rolled, ready, reason = deployment_rollout(deployment, spec.serving.replicas)
+    rolled, ready, reason = deployment_rollout(deployment, wanted_replicas(spec.serving, deployment))
     # Releasing happens on the way to Ready; a model already Ready on this key has none left.
     on_the_way = old.get("phase") != "Ready" or (old.get("artifact") or {}).get("key") != intent.key
     if weights_ready and not gate_blocks and rolled and on_the_way:
         decision.release.extend(releases(snapshot, intent.key))
     updated = int(((deployment or {}).get("status") or {}).get("updatedReplicas", 0))
     return Serving(weights_ready, gate_blocks, deployment, rolled, ready, reason, updated)
+
+
+def decide_autoscaler(snapshot: ModelSnapshot, intent: ModelIntent, decision: ModelDecision) -> None:
+    """Apply the model's autoscaler when it changed; delete the one it had when it no longer autoscales
+    (or changes kind, e.g. KEDA was installed). qmo's Deployment then carries spec.replicas again."""
+    wanted = intent.autoscaler
+    if wanted is not None and hash_of(snapshot.autoscaler) != hash_of(wanted.manifest):
+        decision.apply.append(wanted.manifest)
+    previous = snapshot.old.get("autoscaling") or {}
+    if previous.get("autoscaler") and (wanted is None or wanted.kind != previous["autoscaler"]):
+        decision.release_autoscaler = (str(previous["autoscaler"]), str(previous["name"]))
 
 
 def decide_artifact(snapshot: ModelSnapshot, intent: ModelIntent, decision: ModelDecision) -> bool:
@@ -455,7 +503,7 @@ def decide_model(
     elif old.get("networkPolicy") and not (serving.weights_ready and not serving.gate_blocks):
         status["networkPolicy"] = old["networkPolicy"]  # kept while new weights are being made
     replicas = int(((serving.deployment or {}).get("status") or {}).get("replicas", 0))
-    wanted = spec.serving.replicas
+    wanted = wanted_replicas(spec.serving, serving.deployment)
     status.update(replicas=replicas, readyReplicas=serving.ready, ready=f"{serving.ready}/{wanted}")
     if serving.deployment is not None:
         status["endpoint"] = endpoint_url(model=name, namespace=snapshot.namespace)
@@ -467,6 +515,22 @@ def decide_model(
     phase, message = choose_phase(snapshot, intent, serving, verification, verdict, artifact_status)
     status["phase"], status["message"] = phase, message
     status["conditions"] = model_conditions(snapshot, intent, serving, verification, verdict, artifact_status)
+    if intent.autoscaler is not None:
+        autoscaling, healthy, reason = autoscaling_status(
+            intent.autoscaler, serving.deployment, snapshot.autoscaler
+        )
+        status["autoscaling"] = autoscaling
+        status["conditions"].append(
+            condition(
+                list(old.get("conditions", [])),
+                type_="Autoscaling",
+                status=healthy,
+                reason=reason,
+                message=autoscaling_message(autoscaling),
+                generation=snapshot.generation,
+                now=snapshot.now,
+            )
+        )
     decision.status = status
     decision.events.extend(verification.events)
     if phase != old.get("phase"):
@@ -483,7 +547,7 @@ def choose_phase(
     artifact_status: Mapping[str, Any],
 ) -> tuple[str, str]:
     """The model's phase and message once its plan fits and its artifact has not failed."""
-    wanted = snapshot.spec.serving.replicas
+    wanted = wanted_replicas(snapshot.spec.serving, serving.deployment)
     ready_text = f"{serving.ready}/{wanted} replicas ready"
     if not serving.weights_ready:
         artifact_message = artifact_status.get("message") or ""
@@ -530,7 +594,7 @@ def model_conditions(
 ) -> list[dict[str, Any]]:
     previous = list(snapshot.old.get("conditions", []))
     generation, now = snapshot.generation, snapshot.now
-    wanted = snapshot.spec.serving.replicas
+    wanted = wanted_replicas(snapshot.spec.serving, serving.deployment)
     serving_current = serving.deployment is not None and serving.weights_ready and not serving.gate_blocks
     artifact_phase = artifact_status.get("phase", "Pending")
     ready = serving.weights_ready

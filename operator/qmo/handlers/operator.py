@@ -49,6 +49,9 @@ class OperatorConfig:
     # Reads of watched kinds come from the watch streams (reconcile/cache.py); off, every read is a request
     # (QMO_WATCH_CACHE=off: for comparing request counts, or to rule the cache out when debugging).
     watch_cache: bool = os.environ.get("QMO_WATCH_CACHE", "on") != "off"
+    # Where KEDA's Prometheus triggers query vLLM's metrics (autoscaling models); unset, models autoscale
+    # with a HorizontalPodAutoscaler even where KEDA is installed.
+    prometheus_url: str | None = os.environ.get("QMO_PROMETHEUS_URL") or None
 
 
 @dataclass
@@ -130,7 +133,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             kube.cache = cache
         runtime_holder["runtime"] = Runtime(
             kube=kube,
-            models=ModelReconciler(kube, HubClient()),
+            models=ModelReconciler(kube, HubClient(), prometheus_url=config.prometheus_url),
             artifacts=ArtifactReconciler(kube),
             metrics=metrics,
         )

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from qmo.api.base import API_VERSION
 from qmo.api.quantizedmodel import QuantizedModelSpec
+from qmo.desired.autoscaling import HANDOFF_FIELD_MANAGER, AutoscalingEnvironment, wanted_replicas
 from qmo.desired.common import Manifest, Owner
 from qmo.desired.decision import (
     Failure,
@@ -37,6 +38,7 @@ from qmo.desired.status import (
     now_rfc3339,
     status_write,
 )
+from qmo.reconcile.autoscaling import AutoscalingDiscovery
 from qmo.reconcile.gpus import NodeShapes, UnknownGPUClass, resolve_gpu
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.observe import PodMetricsScraper
@@ -55,8 +57,16 @@ HASHED_CHILDREN = ("Service", "PodDisruptionBudget", "NetworkPolicy")
 class ModelReconciler:
     """Reconciles QuantizedModels. One instance per operator; no state a restart would lose."""
 
-    def __init__(self, kube: Kube, hub: HubClient, scraper: PodMetricsScraper | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        hub: HubClient,
+        scraper: PodMetricsScraper | None = None,
+        *,
+        prometheus_url: str | None = None,
+    ) -> None:
         self.kube = kube
+        self.autoscaling = AutoscalingDiscovery(kube, prometheus_url=prometheus_url)
         self.verifier = PlanVerifier(kube, scraper or PodMetricsScraper())
         self.sources = SourceResolver(kube, hub)
         self.node_shapes = NodeShapes(kube)
@@ -169,8 +179,9 @@ class ModelReconciler:
             )
             if not unused:  # a model without a NetworkPolicy costs no read of one
                 hashes[child_kind] = hash_of(await self.kube.get(child_kind, namespace, serving_name(name)))
+        environment, autoscaler = await self._observe_autoscaler(namespace, name, spec, old)
         pods = None
-        rolled, _, _ = deployment_rollout(deployment, spec.serving.replicas)
+        rolled, _, _ = deployment_rollout(deployment, wanted_replicas(spec.serving, deployment))
         if deployment is not None and (not rolled or self.kube.cache is not None):
             pods = tuple(await self.kube.list("Pod", namespace, label_selector=serving_selector(name)))
         return ModelSnapshot(
@@ -189,7 +200,23 @@ class ModelReconciler:
             deployment=deployment,
             child_hashes=hashes,
             pods=pods,
+            autoscaling=environment,
+            autoscaler=autoscaler,
         )
+
+    async def _observe_autoscaler(
+        self, namespace: str, name: str, spec: QuantizedModelSpec, old: Mapping[str, Any]
+    ) -> tuple[AutoscalingEnvironment, Manifest | None]:
+        """What the cluster offers (cached discovery) and the model's autoscaler; nothing for a model that
+        does not autoscale."""
+        if spec.serving.autoscaling is None:
+            return AutoscalingEnvironment(), None
+        environment = await self.autoscaling.environment()
+        autoscaler_kind = (
+            "ScaledObject" if environment.keda and environment.prometheus_url else "HorizontalPodAutoscaler"
+        )
+        # qmo's HPAs are in the watch cache (no request); a ScaledObject is read only where KEDA is served.
+        return environment, await self.kube.get(autoscaler_kind, namespace, serving_name(name))
 
     async def decide(self, snapshot: ModelSnapshot) -> ModelDecision:
         """The pure decision, with the serving pods' /metrics read in between when a verification is due."""
@@ -233,6 +260,11 @@ class ModelReconciler:
             await self._create_artifact(snapshot, decision.create_artifact, decision.cache_claim)
         if decision.adopt_artifact is not None:
             await self._adopt_artifact(snapshot, decision.adopt_artifact["metadata"]["name"])
+        if decision.release_autoscaler is not None:
+            released_kind, released = decision.release_autoscaler
+            await self.kube.delete(released_kind, namespace, released)
+        if decision.replicas_handoff is not None:
+            await self.kube.apply(decision.replicas_handoff, field_manager=HANDOFF_FIELD_MANAGER)
         for child in decision.apply:
             await self.kube.apply(child)
         for doomed_kind, doomed in decision.delete:
