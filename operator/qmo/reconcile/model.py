@@ -38,7 +38,7 @@ from qmo.desired.status import (
     now_rfc3339,
     status_write,
 )
-from qmo.reconcile.autoscaling import AutoscalingDiscovery
+from qmo.reconcile.autoscaling import DISCOVERY_TTL_SECONDS, AutoscalingDiscovery
 from qmo.reconcile.gpus import NodeShapes, UnknownGPUClass, resolve_gpu
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.observe import PodMetricsScraper
@@ -64,9 +64,10 @@ class ModelReconciler:
         scraper: PodMetricsScraper | None = None,
         *,
         prometheus_url: str | None = None,
+        discovery_seconds: float = DISCOVERY_TTL_SECONDS,
     ) -> None:
         self.kube = kube
-        self.autoscaling = AutoscalingDiscovery(kube, prometheus_url=prometheus_url)
+        self.autoscaling = AutoscalingDiscovery(kube, prometheus_url=prometheus_url, ttl=discovery_seconds)
         self.verifier = PlanVerifier(kube, scraper or PodMetricsScraper())
         self.sources = SourceResolver(kube, hub)
         self.node_shapes = NodeShapes(kube)
