@@ -61,6 +61,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionCluster
         timings=TEST_TIMINGS,
         ephemeral=True,
         context="qmo-test",
+        # The HPA controller re-reads metrics every 2 s (its default 15 s would make autoscaling tests slow).
+        hpa_sync_seconds=2,
     )
     atexit.register(plane.stop)
     try:

@@ -123,7 +123,12 @@ DYNAMIC_KINDS = {
         "PodDisruptionBudget",
         "StatefulSet",
         "LeaderWorkerSet",
+        "HorizontalPodAutoscaler",
+        "ScaledObject",
     },
+    "autoscaler_kind": {"HorizontalPodAutoscaler", "ScaledObject"},
+    "released_kind": {"HorizontalPodAutoscaler", "ScaledObject"},
+    "decision.replicas_handoff": {"Deployment"},
     # a NetworkPolicy turned off; what served a model before it changed between one node and several
     "doomed_kind": {"NetworkPolicy", "Deployment", "StatefulSet", "Service", "LeaderWorkerSet"},
     "claim": {"PersistentVolumeClaim"},

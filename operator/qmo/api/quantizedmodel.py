@@ -341,13 +341,83 @@ class NetworkPolicySpec(ApiModel):
     """Who may reach the vLLM port. Empty: only pods in the model's own namespace."""
 
 
+AutoscalingMetric = Literal["runningRequests", "queueDepth", "kvCacheUsage"]
+
+
+class AutoscalingSpec(ApiModel):
+    """Scale the vLLM replicas on vLLM's own load (docs/concepts.md, "Autoscaling").
+
+    qmo renders a KEDA ScaledObject when KEDA is installed, otherwise an autoscaling/v2
+    HorizontalPodAutoscaler on a Pods metric (needs a custom-metrics adapter such as prometheus-adapter).
+    While it is set, the autoscaler owns the replica count and spec.serving.replicas is not used.
+    """
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "minReplicas must not exceed maxReplicas",
+                },
+                {
+                    "rule": "self.metric != 'kvCacheUsage' || !has(self.target) || self.target <= 1.0",
+                    "message": "target of kvCacheUsage is a fraction of the KV cache, from 0 (excl.) to 1",
+                },
+                {
+                    "rule": "!self.scaleToZero || has(self.wakeQuery)",
+                    "message": "scaleToZero needs wakeQuery: with no replica, no vLLM reports load to wake it",
+                },
+            ]
+        }
+    }
+
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    """Fewest replicas while the model has load (with scaleToZero it goes to 0 when idle)."""
+    max_replicas: int = Field(ge=1, le=1000)
+    """Most replicas: the GPUs the model may take at peak are maxReplicas x the plan's tensorParallelSize."""
+    metric: AutoscalingMetric = "runningRequests"
+    """runningRequests (vllm:num_requests_running), queueDepth (vllm:num_requests_waiting) or kvCacheUsage
+    (vllm:kv_cache_usage_perc), averaged over the replicas."""
+    target: float | None = Field(default=None, gt=0, le=100_000)
+    """Per-replica value the autoscaler holds the metric at. Default from the plan: runningRequests the
+    concurrency one replica was planned for (spec.serving.concurrency, else the plan's maxConcurrency);
+    queueDepth a quarter of it (a new request waits about a quarter of a request's time); kvCacheUsage 0.8."""
+    scale_to_zero: bool = False
+    """Remove the last replica after idleSeconds without a running or waiting request (needs KEDA)."""
+    idle_seconds: int = Field(default=300, ge=0, le=86_400)
+    """How long the load must stay low before replicas are removed (the scale-down stabilization window),
+    and with scaleToZero how long the model must be idle before its last replica goes."""
+    wake_query: str | None = Field(default=None, min_length=1, max_length=4096)
+    """PromQL whose value above 0 brings a model scaled to zero back (for example the requests a gateway
+    holds for it). Required with scaleToZero: with no replica there is no vLLM to report load."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"spec.serving.autoscaling.minReplicas ({self.min_replicas}) must not exceed "
+                f"maxReplicas ({self.max_replicas})"
+            )
+        if self.metric == "kvCacheUsage" and self.target is not None and self.target > 1:
+            raise ValueError(
+                "spec.serving.autoscaling.target: kvCacheUsage is a fraction of the KV cache, "
+                f"from 0 (excluded) to 1, not {self.target}"
+            )
+        if self.scale_to_zero and self.wake_query is None:
+            raise ValueError(
+                "spec.serving.autoscaling.wakeQuery is required with scaleToZero: with no replica, no vLLM "
+                "reports load to wake the model; give a PromQL query (e.g. a gateway's pending requests)"
+            )
+        return self
+
+
 class ServingSpec(ApiModel):
     """How to serve the model with vLLM. The planner fills what is left on auto."""
 
     gpu_class: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
     """Name of a GPUClass (cluster-scoped), or of a built-in catalog entry such as h100-80gb."""
     replicas: int = Field(default=1, ge=0, le=1000)
-    """Number of vLLM replicas (scale subresource)."""
+    """Number of vLLM replicas (scale subresource). Unused while autoscaling is set."""
     max_model_len: int | None = Field(default=None, ge=16, le=10_485_760)
     """Context length to serve. Default: the model's max_position_embeddings."""
     concurrency: int | None = Field(default=None, ge=1, le=4096)
@@ -386,6 +456,8 @@ class ServingSpec(ApiModel):
     """Allow one extra replica during a rollout (needs spare GPUs); otherwise roll one down, then up."""
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
     """Restrict who may connect to the vLLM pods (ingress on the serving port only; egress untouched)."""
+    autoscaling: AutoscalingSpec | None = None
+    """Scale the replicas on vLLM's load (KEDA or a HorizontalPodAutoscaler); replicas is then unused."""
 
 
 CacheSize = Annotated[
@@ -542,6 +614,31 @@ class ArtifactStatusRef(ApiModel):
     """The artifact's phase, mirrored for kubectl."""
 
 
+class AutoscalingStatus(ApiModel):
+    """Who owns the replica count while spec.serving.autoscaling is set, on what, and where it stands."""
+
+    autoscaler: Literal["ScaledObject", "HorizontalPodAutoscaler"]
+    """The object qmo made: a KEDA ScaledObject or an autoscaling/v2 HorizontalPodAutoscaler."""
+    name: str
+    """Its name, in the model's namespace."""
+    metric: str
+    """The vLLM metric it scales on, e.g. vllm:num_requests_running."""
+    target: float
+    """The per-replica value it holds the metric at."""
+    target_source: str
+    """Where the target came from: spec, or the plan figure it was derived from."""
+    min_replicas: int
+    """Fewest replicas (0 when scaled to zero is allowed)."""
+    max_replicas: int
+    """Most replicas."""
+    desired_replicas: int | None = None
+    """The replica count the autoscaler last set on the Deployment."""
+    current_replicas: int = 0
+    """Replicas that exist."""
+    message: str = ""
+    """What the autoscaler last reported (an unavailable metric, a fallback from KEDA to the HPA)."""
+
+
 class QuantizedModelStatus(ApiModel):
     """What qmo observed and decided. Written only by the operator."""
 
@@ -575,6 +672,8 @@ class QuantizedModelStatus(ApiModel):
     """Label selector of the serving pods (scale subresource, HPA)."""
     network_policy: str | None = None
     """Name of the NetworkPolicy qmo made for the serving pods (spec.serving.networkPolicy.enabled)."""
+    autoscaling: AutoscalingStatus | None = None
+    """The autoscaler that owns the replica count (spec.serving.autoscaling), and why it stands where it does."""
 
 
 def parse_spec(spec: dict[str, Any]) -> QuantizedModelSpec:

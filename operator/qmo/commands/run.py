@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how a replica that spans nodes runs: a LeaderWorkerSet (auto: when the cluster serves "
         "leaderworkerset.x-k8s.io/v1) or one StatefulSet per replica",
     )
+    parser.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("QMO_PROMETHEUS_URL", ""),
+        help="Prometheus that KEDA's triggers query for autoscaling models (e.g. "
+        "http://prometheus-operated.monitoring.svc:9090); unset, they get a HorizontalPodAutoscaler",
+    )
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             resync_seconds=args.resync_seconds,
             peering_lifetime=args.peering_lifetime,
             multi_node=args.multi_node,
+            prometheus_url=args.prometheus_url or None,
         )
     )
     priority = peering_priority(args.peering_priority, time.time_ns())

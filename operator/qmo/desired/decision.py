@@ -30,8 +30,16 @@ from qmo.desired.artifact import (
     content_key,
     source_slug,
 )
+from qmo.desired.autoscaling import (
+    AutoscalerIntent,
+    AutoscalingEnvironment,
+    autoscaling_message,
+    autoscaling_status,
+    plan_autoscaler,
+    replicas_handoff,
+    wanted_replicas,
+)
 from qmo.desired.common import Event, Manifest, Owner, ResolvedGPU, label_selector
-from qmo.desired.jobs import unschedulable_message
 from qmo.desired.multinode import (
     MultiNodeShape,
     NodePod,
@@ -41,7 +49,8 @@ from qmo.desired.multinode import (
     statefulset_rollout,
 )
 from qmo.desired.names import CACHE_CLAIM_NAME, DESIRED_HASH_ANNOTATION, artifact_name
-from qmo.desired.quality import GateVerdict, gate_verdict, quality_thresholds
+from qmo.desired.phase import choose_phase, model_conditions
+from qmo.desired.quality import gate_verdict, quality_thresholds
 from qmo.desired.serving import (
     build_network_policy,
     build_pod_disruption_budget,
@@ -49,7 +58,6 @@ from qmo.desired.serving import (
     build_serving_service,
     endpoint_url,
     plan_request,
-    planned_message,
     selector_labels,
     serving_args,
 )
@@ -155,6 +163,10 @@ class ModelSnapshot:
     the operator was told so or found LWS installed, else a StatefulSet per replica group."""
     node_groups: tuple[Manifest, ...] = ()
     """The model's multi-node objects as observed (StatefulSets and their headless Service, or its LWS)."""
+    autoscaling: AutoscalingEnvironment = field(default_factory=AutoscalingEnvironment)
+    """What the cluster offers an autoscaling model (KEDA, a Prometheus address)."""
+    autoscaler: Manifest | None = None
+    """The model's HorizontalPodAutoscaler or ScaledObject as observed (spec.serving.autoscaling)."""
 
     @property
     def owner(self) -> Owner:
@@ -184,6 +196,8 @@ class ModelIntent:
     network_policy: Manifest | None
     node_groups: tuple[Manifest, ...] = ()
     """A multi-node model's workload objects (desired/multinode.py), stamped with their hashes."""
+    autoscaler: AutoscalerIntent | None = None
+    """The autoscaler (manifest stamped with its hash) while spec.serving.autoscaling is set."""
 
 
 def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
@@ -232,6 +246,15 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
         ),
     )
     multi_node = serving_plan.pipeline_parallel_size > 1
+    if multi_node and spec.serving.autoscaling is not None:
+        # The autoscalers qmo renders scale a Deployment; a replica group of several nodes is not one.
+        return Failure(
+            "AutoscalingUnsupported",
+            f"spec.serving.autoscaling: a model whose plan spans {serving_plan.pipeline_parallel_size} nodes"
+            " (pipeline-parallel) cannot autoscale in this version; remove spec.serving.autoscaling and set"
+            " spec.serving.replicas, or set spec.serving.maxNodes to 1 with a GPU class one node of which holds"
+            " the model",
+        )
     deployment: Manifest | None = None
     node_groups: tuple[Manifest, ...] = ()
     leaders: dict[str, str] | None = None
@@ -255,6 +278,16 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
             )
         )
     policy = spec.serving.network_policy
+    autoscaler = plan_autoscaler(
+        model=model,
+        namespace=namespace,
+        owner=owner,
+        serving=spec.serving,
+        plan=planned,
+        environment=snapshot.autoscaling,
+    )
+    if autoscaler is not None:
+        autoscaler = replace(autoscaler, manifest=with_hash(autoscaler.manifest))
     return ModelIntent(
         serving_plan=serving_plan,
         planned=planned,
@@ -279,6 +312,7 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
         if policy.enabled
         else None,
         node_groups=node_groups,
+        autoscaler=autoscaler,
     )
 
 
@@ -336,6 +370,11 @@ class ModelDecision:
     """Server-side applies, in order (the NetworkPolicy before the Deployment it guards)."""
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children to delete."""
+    replicas_handoff: Manifest | None = None
+    """Applied first, by its own field manager: keeps the replica count when qmo hands it to an autoscaler."""
+    release_autoscaler: tuple[str, str] | None = None
+    """(kind, name) of the autoscaler the model no longer has: deleted before the Deployment is applied, so
+    it cannot scale once qmo has taken the replica count back."""
     release: list[ArtifactRelease] = field(default_factory=list)
     serving: Serving | None = None
     """How the serving side will stand (None when the decision ended at the artifact)."""
@@ -357,6 +396,9 @@ def effective_deployment(observed: Manifest | None, desired: Manifest, changing:
     generation = int(((observed or {}).get("metadata") or {}).get("generation", 0)) + 1
     applied: Manifest = json.loads(json.dumps(desired))
     applied["metadata"]["generation"] = generation
+    kept = ((observed or {}).get("spec") or {}).get("replicas")
+    if "replicas" not in applied["spec"] and kept is not None:
+        applied["spec"]["replicas"] = kept  # an autoscaler's count outlives qmo's apply (replicas_handoff)
     applied["status"] = dict((observed or {}).get("status") or {})
     return applied
 
@@ -450,13 +492,16 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
         if intent.deployment is not None:
             changing = hash_of(deployment) != hash_of(intent.deployment)
             if changing:
+                if intent.autoscaler is not None:
+                    decision.replicas_handoff = replicas_handoff(deployment)
                 decision.apply.append(intent.deployment)
             deployment = effective_deployment(deployment, intent.deployment, changing)
         else:
             changed = apply_node_groups(snapshot, intent, decision)
+        decide_autoscaler(snapshot, intent, decision)
     workload_kinds = {m["kind"] for m in intent.node_groups if m["kind"] != "Service"}
     if intent.deployment is not None:
-        rolled, ready, reason = deployment_rollout(deployment, spec.serving.replicas)
+        rolled, ready, reason = deployment_rollout(deployment, wanted_replicas(spec.serving, deployment))
         status = (deployment or {}).get("status") or {}
         updated, replicas = int(status.get("updatedReplicas", 0)), int(status.get("replicas", 0))
         present = deployment is not None
@@ -496,6 +541,17 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
         replicas,
         present,
     )
+
+
+def decide_autoscaler(snapshot: ModelSnapshot, intent: ModelIntent, decision: ModelDecision) -> None:
+    """Apply the model's autoscaler when it changed; delete the one it had when it no longer autoscales
+    (or changes kind, e.g. KEDA was installed). qmo's Deployment then carries spec.replicas again."""
+    wanted = intent.autoscaler
+    if wanted is not None and hash_of(snapshot.autoscaler) != hash_of(wanted.manifest):
+        decision.apply.append(wanted.manifest)
+    previous = snapshot.old.get("autoscaling") or {}
+    if previous.get("autoscaler") and (wanted is None or wanted.kind != previous["autoscaler"]):
+        decision.release_autoscaler = (str(previous["autoscaler"]), str(previous["name"]))
 
 
 def decide_artifact(snapshot: ModelSnapshot, intent: ModelIntent, decision: ModelDecision) -> bool:
@@ -555,7 +611,7 @@ def decide_model(
         status["networkPolicy"] = intent.network_policy["metadata"]["name"]
     elif old.get("networkPolicy") and not (serving.weights_ready and not serving.gate_blocks):
         status["networkPolicy"] = old["networkPolicy"]  # kept while new weights are being made
-    wanted = spec.serving.replicas
+    wanted = wanted_replicas(spec.serving, serving.deployment)
     status.update(replicas=serving.replicas, readyReplicas=serving.ready, ready=f"{serving.ready}/{wanted}")
     if serving.present:
         status["endpoint"] = endpoint_url(model=name, namespace=snapshot.namespace)
@@ -567,109 +623,24 @@ def decide_model(
     phase, message = choose_phase(snapshot, intent, serving, verification, verdict, artifact_status)
     status["phase"], status["message"] = phase, message
     status["conditions"] = model_conditions(snapshot, intent, serving, verification, verdict, artifact_status)
+    if intent.autoscaler is not None:
+        autoscaling, healthy, reason = autoscaling_status(
+            intent.autoscaler, serving.deployment, snapshot.autoscaler
+        )
+        status["autoscaling"] = autoscaling
+        status["conditions"].append(
+            condition(
+                list(old.get("conditions", [])),
+                type_="Autoscaling",
+                status=healthy,
+                reason=reason,
+                message=autoscaling_message(autoscaling),
+                generation=snapshot.generation,
+                now=snapshot.now,
+            )
+        )
     decision.status = status
     decision.events.extend(verification.events)
     if phase != old.get("phase"):
         decision.events.append(Event("Warning" if phase == "Degraded" else "Normal", phase, message))
     return decision
-
-
-def choose_phase(
-    snapshot: ModelSnapshot,
-    intent: ModelIntent,
-    serving: Serving,
-    verification: Verification,
-    verdict: GateVerdict,
-    artifact_status: Mapping[str, Any],
-) -> tuple[str, str]:
-    """The model's phase and message once its plan fits and its artifact has not failed."""
-    wanted = snapshot.spec.serving.replicas
-    ready_text = f"{serving.ready}/{wanted} replicas ready"
-    if not serving.weights_ready:
-        artifact_message = artifact_status.get("message") or ""
-        message = (
-            f"waiting for ModelArtifact {intent.artifact_name} ({artifact_status.get('phase', 'Pending')})"
-        )
-        if "Unschedulable" in artifact_message:
-            message += f": {artifact_message}"  # no node for the quantize Job: the user's fix too
-        return "Quantizing", message
-    if serving.gate_blocks:
-        keeps = "the previous artifact keeps serving" if serving.present else "nothing was deployed"
-        return "Degraded", f"quality gate: ModelArtifact {intent.artifact_name}: {verdict.message}; {keeps}"
-    if serving.rolled:
-        nodes = intent.planned.pipeline_parallel_size
-        per_replica = f"{nodes} nodes of " if nodes else ""
-        return (
-            "Ready",
-            f"serving on {per_replica}{intent.planned.tensor_parallel_size}x {snapshot.gpu.spec.name} per replica",
-        )
-    if verification.degraded:
-        return "Degraded", verification.message
-    lost = snapshot.old.get("phase") in ("Ready", "Degraded") and serving.updated >= wanted > serving.ready
-    # Every replica runs the current template yet some are not ready: lost, not rolling.
-    phase = "Degraded" if serving.rollout_reason == "ProgressDeadlineExceeded" or lost else "Deploying"
-    message = f"{ready_text} ({serving.rollout_reason})"
-    if phase == "Deploying" and snapshot.pods is not None:
-        # A pod no node can take stays Pending without a word in the Deployment: say why, or an SRE sees
-        # "RollingOut" forever. (Cluster autoscalers act on the same condition, so not Failed.)
-        waiting = unschedulable_message(list(snapshot.pods))
-        if waiting is not None:
-            message = f"{ready_text} (Unschedulable: {waiting})"
-    return phase, message
-
-
-def model_conditions(
-    snapshot: ModelSnapshot,
-    intent: ModelIntent,
-    serving: Serving,
-    verification: Verification,
-    verdict: GateVerdict,
-    artifact_status: Mapping[str, Any],
-) -> list[dict[str, Any]]:
-    previous = list(snapshot.old.get("conditions", []))
-    generation, now = snapshot.generation, snapshot.now
-    wanted = snapshot.spec.serving.replicas
-    serving_current = serving.present and serving.weights_ready and not serving.gate_blocks
-    artifact_phase = artifact_status.get("phase", "Pending")
-    ready = serving.weights_ready
-
-    def made(type_: str, status: bool | None, reason: str, message: str = "") -> dict[str, Any]:
-        return condition(
-            previous,
-            type_=type_,
-            status=status,
-            reason=reason,
-            message=message,
-            generation=generation,
-            now=now,
-        )
-
-    return [
-        made("Planned", True, "Planned", planned_message(intent.planned, snapshot.spec.serving)),
-        made(
-            "WeightsReady",
-            ready,
-            "ArtifactReady" if ready else f"Artifact{artifact_phase}",
-            artifact_status.get("message") or "",
-        ),
-        made(
-            "Deployed",
-            serving_current,
-            "Applied"
-            if serving_current
-            else ("QualityGateFailed" if serving.gate_blocks else "WaitingForWeights"),
-        ),
-        made(
-            "QualityGate",
-            verdict.passed if ready else None,
-            verdict.reason if ready else "WaitingForWeights",
-            verdict.message if ready else "",
-        ),
-        made(
-            "Available",
-            serving.ready > 0 or (serving.rolled and wanted == 0),
-            serving.rollout_reason,
-            f"{serving.ready}/{wanted} replicas ready",
-        ),
-        made("PlanVerified", verification.status, verification.reason, verification.message),
-    ]

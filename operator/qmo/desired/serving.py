@@ -305,6 +305,9 @@ def build_serving_deployment(
     strategy = (
         {"maxSurge": 1, "maxUnavailable": 0} if serving.allow_surge else {"maxSurge": 0, "maxUnavailable": 1}
     )
+    # While the model autoscales the replica count is the autoscaler's: qmo's apply leaves it out, so it
+    # never writes over what the autoscaler set (desired/autoscaling.py hands the field over).
+    replicas = {} if serving.autoscaling is not None else {"replicas": serving.replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -315,7 +318,7 @@ def build_serving_deployment(
             "ownerReferences": [owner.reference(controller=True)],
         },
         "spec": {
-            "replicas": serving.replicas,
+            **replicas,
             "selector": {"matchLabels": selector_labels(model)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": strategy},
             "template": template,

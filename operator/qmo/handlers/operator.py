@@ -52,6 +52,11 @@ class OperatorConfig:
     # How a replica that spans nodes runs: auto (a LeaderWorkerSet where LWS is installed, else StatefulSets),
     # leaderworkerset or statefulset (desired/multinode.py; the chart's multiNode).
     multi_node: str = "auto"
+    # Where KEDA's Prometheus triggers query vLLM's metrics (autoscaling models); unset, models autoscale
+    # with a HorizontalPodAutoscaler even where KEDA is installed.
+    prometheus_url: str | None = os.environ.get("QMO_PROMETHEUS_URL") or None
+    # How long the answer to "is KEDA installed" is reused (a discovery request at most this often).
+    discovery_seconds: float = float(os.environ.get("QMO_DISCOVERY_SECONDS", "60"))
 
 
 @dataclass
@@ -133,7 +138,13 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             kube.cache = cache
         runtime_holder["runtime"] = Runtime(
             kube=kube,
-            models=ModelReconciler(kube, HubClient(), multi_node=config.multi_node),
+            models=ModelReconciler(
+                kube,
+                HubClient(),
+                multi_node=config.multi_node,
+                prometheus_url=config.prometheus_url,
+                discovery_seconds=config.discovery_seconds,
+            ),
             artifacts=ArtifactReconciler(kube),
             metrics=metrics,
         )

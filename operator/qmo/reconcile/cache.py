@@ -47,6 +47,9 @@ WATCHED_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind("Service", "", "v1", "services", managed_only=True),
     WatchedKind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets", managed_only=True),
     WatchedKind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", managed_only=True),
+    WatchedKind(
+        "HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers", managed_only=True
+    ),
     WatchedKind("Job", "batch", "v1", "jobs", managed_only=True),
     WatchedKind("Pod", "", "v1", "pods", managed_only=True),
 )

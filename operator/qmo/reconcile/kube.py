@@ -36,6 +36,8 @@ KINDS: dict[str, tuple[str, bool]] = {
     "Service": ("services", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
     "NetworkPolicy": ("networkpolicies", True),
+    "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
+    "ScaledObject": ("scaledobjects", True),
     "Job": ("jobs", True),
     "Pod": ("pods", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
@@ -55,6 +57,8 @@ API_VERSIONS: dict[str, str] = {
     "Service": "v1",
     "PodDisruptionBudget": "policy/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+    "ScaledObject": "keda.sh/v1alpha1",
     "Job": "batch/v1",
     "Pod": "v1",
     "PersistentVolumeClaim": "v1",
@@ -301,6 +305,18 @@ class Kube:
         params = {key: value for key, value in selectors.items() if value} or None
         result = await self._request("GET", path_for(kind, namespace), params=params)
         return list(result.get("items", []))
+
+    async def served_resources(self, group_version: str) -> set[str] | None:
+        """The resources the API server serves in ``group_version`` (discovery, which every authenticated
+        client may read), or None when it serves no such group version."""
+        base = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+        try:
+            found = await self._request("GET", base)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return {str(resource.get("name")) for resource in found.get("resources") or []}
 
     def _written(self, body: Manifest) -> Manifest:
         """What the API server answered a write with, remembered by the watch cache (read-your-writes)."""

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from qmo.api.base import API_VERSION
 from qmo.api.quantizedmodel import QuantizedModelSpec
+from qmo.desired.autoscaling import HANDOFF_FIELD_MANAGER, AutoscalingEnvironment, wanted_replicas
 from qmo.desired.common import Manifest, Owner
 from qmo.desired.decision import (
     Failure,
@@ -44,6 +45,7 @@ from qmo.desired.status import (
     now_rfc3339,
     status_write,
 )
+from qmo.reconcile.autoscaling import DISCOVERY_TTL_SECONDS, AutoscalingDiscovery
 from qmo.reconcile.gpus import NodeShapes, UnknownGPUClass, resolve_gpu
 from qmo.reconcile.kube import ApiError, Kube
 from qmo.reconcile.observe import PodMetricsScraper
@@ -74,6 +76,8 @@ class ModelReconciler:
         scraper: PodMetricsScraper | None = None,
         *,
         multi_node: str = "auto",
+        prometheus_url: str | None = None,
+        discovery_seconds: float = DISCOVERY_TTL_SECONDS,
     ) -> None:
         if multi_node not in MULTI_NODE_SETTINGS:
             raise ValueError(
@@ -82,6 +86,7 @@ class ModelReconciler:
         self.multi_node = multi_node
         """auto, leaderworkerset or statefulset (the chart's multiNode): how replicas that span nodes run."""
         self.kube = kube
+        self.autoscaling = AutoscalingDiscovery(kube, prometheus_url=prometheus_url, ttl=discovery_seconds)
         self.verifier = PlanVerifier(kube, scraper or PodMetricsScraper())
         self.sources = SourceResolver(kube, hub)
         self.node_shapes = NodeShapes(kube)
@@ -199,8 +204,9 @@ class ModelReconciler:
         # Only a model that may span nodes, or did, costs the reads of multi-node objects.
         if spec.serving.max_nodes > 1 or (old.get("plan") or {}).get("pipelineParallelSize"):
             shape, node_groups = await self.observe_node_groups(namespace, name, uid)
+        environment, autoscaler = await self._observe_autoscaler(namespace, name, spec, old)
         pods = None
-        rolled, _, _ = deployment_rollout(deployment, spec.serving.replicas)
+        rolled, _, _ = deployment_rollout(deployment, wanted_replicas(spec.serving, deployment))
         if node_groups or (deployment is not None and (not rolled or self.kube.cache is not None)):
             pods = tuple(await self.kube.list("Pod", namespace, label_selector=serving_selector(name)))
         return ModelSnapshot(
@@ -221,6 +227,8 @@ class ModelReconciler:
             pods=pods,
             multi_node=shape,
             node_groups=node_groups,
+            autoscaling=environment,
+            autoscaler=autoscaler,
         )
 
     async def observe_node_groups(
@@ -249,6 +257,20 @@ class ModelReconciler:
             found.append(await self.kube.get("LeaderWorkerSet", namespace, leader_worker_set_name(name)))
         # Only what this model controls: LWS makes StatefulSets of its own, which are its to manage.
         return shape, tuple(m for m in found if m is not None and controlled_by(m, uid))
+
+    async def _observe_autoscaler(
+        self, namespace: str, name: str, spec: QuantizedModelSpec, old: Mapping[str, Any]
+    ) -> tuple[AutoscalingEnvironment, Manifest | None]:
+        """What the cluster offers (cached discovery) and the model's autoscaler; nothing for a model that
+        does not autoscale."""
+        if spec.serving.autoscaling is None:
+            return AutoscalingEnvironment(), None
+        environment = await self.autoscaling.environment()
+        autoscaler_kind = (
+            "ScaledObject" if environment.keda and environment.prometheus_url else "HorizontalPodAutoscaler"
+        )
+        # qmo's HPAs are in the watch cache (no request); a ScaledObject is read only where KEDA is served.
+        return environment, await self.kube.get(autoscaler_kind, namespace, serving_name(name))
 
     async def decide(self, snapshot: ModelSnapshot) -> ModelDecision:
         """The pure decision, with the serving pods' /metrics read in between when a verification is due."""
@@ -292,6 +314,11 @@ class ModelReconciler:
             await self._create_artifact(snapshot, decision.create_artifact, decision.cache_claim)
         if decision.adopt_artifact is not None:
             await self._adopt_artifact(snapshot, decision.adopt_artifact["metadata"]["name"])
+        if decision.release_autoscaler is not None:
+            released_kind, released = decision.release_autoscaler
+            await self.kube.delete(released_kind, namespace, released)
+        if decision.replicas_handoff is not None:
+            await self.kube.apply(decision.replicas_handoff, field_manager=HANDOFF_FIELD_MANAGER)
         for child in decision.apply:
             await self.kube.apply(child)
         for doomed_kind, doomed in decision.delete:

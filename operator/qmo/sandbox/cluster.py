@@ -50,6 +50,7 @@ CONTROLLERS = (
     "disruption-controller",
     "endpointslice-controller",
     "ttl-after-finished-controller",
+    "horizontal-pod-autoscaler-controller",
     "resourcequota-controller",
     "pod-garbage-collector-controller",
     "persistentvolume-binder-controller",
@@ -248,6 +249,7 @@ class ControlPlane:
         ephemeral: bool = False,
         context: str = "qmo-sandbox",
         audit_writes: bool = False,
+        hpa_sync_seconds: int = 15,
     ) -> None:
         self.directory = directory
         self.bin_dir = bin_dir
@@ -258,6 +260,8 @@ class ControlPlane:
         # An audit log of every write (who, what, which subresource): benchmarks use it to say where
         # steady-state writes come from.
         self.audit_writes = audit_writes
+        # How often the HPA controller re-reads metrics and rescales (kube-controller-manager's default: 15).
+        self.hpa_sync_seconds = hpa_sync_seconds
         self.pki = pki.Pki(directory / "pki")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.state: State | None = None
@@ -594,6 +598,17 @@ class ControlPlane:
             "--profiling=false",
             "--enable-priority-and-fairness=false",
             f"--cert-dir={self.directory / 'apiserver'}",
+            # The aggregation layer, for APIServices such as custom.metrics.k8s.io (the HPA's Pods metrics).
+            # Routing stays on the Service (no --enable-aggregator-routing): an endpoint may not be a
+            # loopback address, while an ExternalName Service naming localhost reaches a server on
+            # 127.0.0.1 (qmo.sandbox.custom_metrics).
+            f"--requestheader-client-ca-file={p.front_proxy_ca_cert}",
+            f"--requestheader-allowed-names={pki.FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={p.front_proxy_client_cert}",
+            f"--proxy-client-key-file={p.front_proxy_client_key}",
             *(
                 (
                     f"--audit-policy-file={self.directory / 'audit-policy.yaml'}",
@@ -622,6 +637,7 @@ class ControlPlane:
             f"--service-account-private-key-file={self.pki.service_account_key}",
             f"--root-ca-file={self.pki.ca_cert}",
             f"--service-cluster-ip-range={pki.SERVICE_CLUSTER_IP_RANGE}",
+            f"--horizontal-pod-autoscaler-sync-period={self.hpa_sync_seconds}s",
             "--profiling=false",
         ]
 
