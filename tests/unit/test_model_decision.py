@@ -316,6 +316,14 @@ def test_max_nodes_reaches_the_plan_and_one_node_stays_the_default() -> None:
     )
 
 
+def test_a_model_spanning_nodes_cannot_autoscale_and_is_told_which_field() -> None:
+    serving = {**SPEC["serving"], "maxNodes": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}
+    snap = snapshot(spec={**SPEC, "serving": serving, "quantization": {"method": "none"}})
+    result = plan_model(dataclasses.replace(snap, config=LLAMA_405B))
+    assert isinstance(result, Failure) and result.reason == "AutoscalingUnsupported"
+    assert result.message.startswith("spec.serving.autoscaling: ") and "spans 2 nodes" in result.message
+
+
 def test_verification_figures_and_replan_reach_status() -> None:
     snap = snapshot(
         artifacts=(artifact(BASE, "Ready", quality=GOOD_QUALITY),),
