@@ -88,3 +88,11 @@ def test_writes_of_kinds_not_watched_are_not_kept() -> None:
     cache, _, _ = cache_with()
     cache.remember(obj("Secret", "s", 1))
     assert cache.written == {}
+
+
+def test_a_reader_may_take_the_cache_own_objects_instead_of_copies() -> None:
+    cache, _, _ = cache_with(obj("Pod", "a", 1))
+    [shared] = cache.list("Pod", "ns", shared=True) or []
+    [copied] = cache.list("Pod", "ns") or []
+    assert shared is (cache.list("Pod", "ns", shared=True) or [])[0] and copied is not shared
+    assert copied == shared

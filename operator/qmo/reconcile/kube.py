@@ -294,10 +294,13 @@ class Kube:
         label_selector: str = "",
         field_selector: str = "",
         fresh: bool = False,
+        shared: bool = False,
     ) -> list[Manifest]:
-        """The objects matching (from the watch cache unless ``fresh`` or a field selector is given)."""
+        """The objects matching (from the watch cache unless ``fresh`` or a field selector is given).
+
+        ``shared``: the caller only reads them, so the watch cache may answer with its own objects."""
         if not fresh and not field_selector and self.cache is not None and self.cache.covers(kind):
-            cached = self.cache.list(kind, namespace, label_selector)
+            cached = self.cache.list(kind, namespace, label_selector, shared=shared)
             if cached is not None:
                 self.cache_reads[kind] += 1
                 return cached

@@ -221,7 +221,8 @@ class ModelReconciler:
             resolved_source=resolved_source,
             config=config,
             gpu=gpu,
-            artifacts=tuple(await self.kube.list("ModelArtifact", namespace)),
+            # Shared, not copied: the snapshot is immutable and the decision only reads the artifacts.
+            artifacts=tuple(await self.kube.list("ModelArtifact", namespace, shared=True)),
             deployment=deployment,
             child_hashes=hashes,
             pods=pods,
