@@ -130,6 +130,10 @@ class PlanVerifier:
             )
             if observation_due(seen, revision=revision, now=now):
                 last_read = now
+                if observed is not None:
+                    # Before the reads, as the resync timer and an event may verify the same model at once:
+                    # the second finds this read already under way and does not read the pods again.
+                    self.last[namespace, model] = (last_read, observed)
                 selector = label_selector(selector_labels(model))
                 if pods is None:
                     pods = await self.kube.list("Pod", namespace, label_selector=selector)
