@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from qmo.desired.names import LABEL_MODEL
 from qmo.reconcile.cache import WATCHED_KINDS, WatchCache, index_entry, index_id, parse_selector
 
 
-class FakeIndex(dict[tuple[str, str], list[dict[str, Any]]]):
-    """What kopf hands handlers: key -> the values indexed under it."""
+class FakeIndex(dict[Any, list[dict[str, Any]]]):
+    """What kopf hands handlers: key -> the values indexed under it, one per object (the last one it gave)."""
 
     def put(self, body: dict[str, Any]) -> None:
+        name = (body["metadata"]["namespace"], body["metadata"]["name"])
+        for key in list(self):
+            self[key] = [v for v in self[key] if (v["metadata"]["namespace"], v["metadata"]["name"]) != name]
         for key, value in index_entry(body).items():
-            self[key] = [value]
+            self.setdefault(key, []).append(value)
 
 
 def obj(kind: str, name: str, version: int, **labels: str) -> dict[str, Any]:
@@ -96,3 +100,33 @@ def test_a_reader_may_take_the_cache_own_objects_instead_of_copies() -> None:
     [copied] = cache.list("Pod", "ns") or []
     assert shared is (cache.list("Pod", "ns", shared=True) or [])[0] and copied is not shared
     assert copied == shared
+
+
+class BucketOnlyIndex(FakeIndex):
+    """An index whose full scan fails the test: a list in a namespace must read one bucket."""
+
+    def values(self) -> Any:
+        raise AssertionError("a namespaced list scanned every object of the kind")
+
+
+def test_a_namespaced_list_reads_one_bucket_and_sees_the_operators_relabelled_write() -> None:
+    index = BucketOnlyIndex()
+    for body in (
+        obj("Pod", "a", 1, **{LABEL_MODEL: "m1"}),
+        obj("Pod", "b", 1, **{LABEL_MODEL: "m2"}),
+        obj("Pod", "q", 1, **{"job-name": "j"}),
+    ):
+        index.put(body)
+    clock = Clock()
+    cache = WatchCache(clock=clock)
+    cache.bind({index_id("Pod"): index})
+
+    def names(selector: str) -> list[str]:
+        return [p["metadata"]["name"] for p in cache.list("Pod", "ns", selector) or []]
+
+    assert names(f"{LABEL_MODEL}=m1") == ["a"] and names("job-name=j") == ["q"]
+    assert names("") == ["a", "b", "q"] and names(f"{LABEL_MODEL}=m1,other=x") == []
+    cache.remember(obj("Pod", "b", 2, **{LABEL_MODEL: "m1"}))  # qmo moved b; the watch has not seen it
+    assert names(f"{LABEL_MODEL}=m1") == ["a", "b"] and names(f"{LABEL_MODEL}=m2") == []
+    index.put(obj("Pod", "b", 3, **{LABEL_MODEL: "m2"}))  # someone else moved it back, and the watch has it
+    assert names(f"{LABEL_MODEL}=m1") == ["a"] and names(f"{LABEL_MODEL}=m2") == ["b"]

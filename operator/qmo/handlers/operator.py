@@ -19,7 +19,7 @@ from typing import Any, cast
 import kopf
 
 from qmo.reconcile.artifact import ArtifactReconciler
-from qmo.reconcile.cache import WATCHED_KINDS, WatchCache, WatchedKind, index_entry, index_id
+from qmo.reconcile.cache import WATCHED_KINDS, IndexKey, WatchCache, WatchedKind, index_entry, index_id
 from qmo.reconcile.kube import ApiError, Kube, load_credentials
 from qmo.reconcile.metrics import Metrics
 from qmo.reconcile.model import ModelReconciler
@@ -92,7 +92,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         return runtime_holder["runtime"]
 
     def register_index(watched: WatchedKind) -> None:
-        def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        def index(body: kopf.Body, **_: Any) -> dict[IndexKey, dict[str, Any]]:
             return index_entry(body)
 
         kopf.index(

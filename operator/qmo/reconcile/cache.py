@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from qmo.desired.names import LABEL_MODEL
+
 Manifest = dict[str, Any]
 ObjectKey = tuple[str, str]
 """(namespace, name); namespace is "" for cluster-scoped kinds."""
@@ -60,16 +62,43 @@ def index_id(kind: str) -> str:
     return f"watched_{kind.lower()}"
 
 
-def index_entry(body: Mapping[str, Any]) -> dict[ObjectKey, Manifest]:
-    """What a kopf indexing function returns for one object: its key and a copy of its body."""
+# Besides its own key, every object is indexed under its namespace, and under the value of each of these
+# labels in its namespace: a list reads the objects of one bucket, not every object of the kind (a model's
+# pod list scanned every pod of the fleet, and a fleet of 1,000 models lists pods thousands of times).
+BUCKET_LABELS = (LABEL_MODEL, "job-name")
+
+IndexKey = ObjectKey | tuple[str] | tuple[str, str, str]
+"""(namespace, name) for one object; (namespace,) and (namespace, label, value) for buckets."""
+
+
+def index_entry(body: Mapping[str, Any]) -> dict[IndexKey, Manifest]:
+    """What a kopf indexing function returns for one object: a copy of its body under its own key and its
+    buckets' (the same copy: kopf keeps one value per object and key)."""
     meta = body.get("metadata") or {}
-    return {(str(meta.get("namespace") or ""), str(meta["name"])): copy.deepcopy(dict(body))}
+    namespace = str(meta.get("namespace") or "")
+    stored = copy.deepcopy(dict(body))
+    entry: dict[IndexKey, Manifest] = {(namespace, str(meta["name"])): stored, (namespace,): stored}
+    labels = meta.get("labels") or {}
+    for label in BUCKET_LABELS:
+        if label in labels:
+            entry[namespace, label, str(labels[label])] = stored
+    return entry
+
+
+def bucket_of(namespace: str | None, wanted: Mapping[str, str]) -> IndexKey | None:
+    """The smallest bucket holding every object a list wants; None: every object of the kind."""
+    if namespace is None:
+        return None
+    for label in BUCKET_LABELS:
+        if label in wanted:
+            return (namespace, label, wanted[label])
+    return (namespace,)
 
 
 class Index(Protocol):
     """What qmo uses of a ``kopf.Index``: key -> the values indexed under it."""
 
-    def get(self, key: ObjectKey, default: Any = None) -> Iterable[Manifest] | None: ...
+    def get(self, key: IndexKey, default: Any = None) -> Iterable[Manifest] | None: ...
 
     def values(self) -> Iterable[Iterable[Manifest]]: ...
 
@@ -161,13 +190,18 @@ class WatchCache:
         wanted = parse_selector(label_selector)
         if wanted is None:
             return None
+        index = self.indexes[kind]
+        bucket = bucket_of(namespace, wanted)
+        stores = index.values() if bucket is None else [index.get(bucket) or ()]
         bodies: dict[tuple[str, str, str], Manifest | None] = {}
-        for stored in self.indexes[kind].values():
+        for stored in stores:
             for body in stored:
                 meta = body.get("metadata") or {}
                 bodies[kind, str(meta.get("namespace") or ""), str(meta["name"])] = body
         for key in [key for key in self.written if key[0] == kind and key not in bodies]:
-            bodies[key] = None  # written by qmo and not yet seen by the watch
+            # Written by qmo and not in the bucket: not yet seen by the watch (None), or the watch has it
+            # under other labels than the write (the watch's own entry decides which is newer).
+            bodies[key] = next(iter(index.get((key[1], key[2])) or ()), None)
         matches: list[Manifest] = []
         for key, indexed in bodies.items():
             current = self._current(kind, indexed, key)

@@ -10,6 +10,7 @@ build and are rebuilt; a stamp with all binaries present means a warm start neve
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -187,22 +188,17 @@ def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
     env["GOBIN"] = str(paths.bin_dir)
     timings: dict[str, float] = {}
     total_started = time.monotonic()
-    with open(paths.build_log, "a") as log:
-        log.write(f"== cold build of {versions.versions_key()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ')}\n")
-        for name, command, cwd in steps:
-            print(f"sandbox build: {name} ...", file=out, flush=True)
-            log.write(f"== {name}: {' '.join(command)}\n")
-            log.flush()
-            step_started = time.monotonic()
-            result = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-            timings[name] = round(time.monotonic() - step_started, 1)
-            if result.returncode != 0:
-                log.flush()
-                tail = "\n".join(paths.build_log.read_text(errors="replace").splitlines()[-40:])
-                raise BuildError(
-                    f"building {name} failed (exit {result.returncode}); the full log is {paths.build_log}\n{tail}"
-                )
-            print(f"sandbox build: {name} done in {timings[name]:.0f} s", file=out, flush=True)
+    paths.build_log.write_text(
+        f"== cold build of {versions.versions_key()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ')}\n"
+        f"== one log per step beside this one: {paths.build_log.name.removesuffix('.log')}.<step>.log\n"
+    )
+    # Two lanes at once: Kubernetes is most of the work, and while it downloads modules or links (one core)
+    # the other lane's kwok and helm use the idle core. Each step writes its own log.
+    lanes = [steps[:2], steps[2:]]
+    with concurrent.futures.ThreadPoolExecutor(len(lanes)) as pool:
+        for failure in pool.map(lambda lane: _run_lane(lane, paths, env, timings, out), lanes):
+            if failure is not None:
+                raise failure
     total = round(time.monotonic() - total_started, 1)
     go_version = subprocess.run(["go", "version"], env=env, capture_output=True, text=True).stdout.strip()
     stamp = {
@@ -221,6 +217,36 @@ def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
     paths.stamp.write_text(json.dumps(stamp, indent=2) + "\n")
     print(f"sandbox build: all binaries built in {total:.0f} s into {paths.bin_dir}", file=out, flush=True)
     return stamp
+
+
+def step_log(paths: CachePaths, step: str) -> Path:
+    return paths.build_log.with_name(f"{paths.build_log.name.removesuffix('.log')}.{step}.log")
+
+
+def _run_lane(
+    lane: list[tuple[str, list[str], Path]],
+    paths: CachePaths,
+    env: dict[str, str],
+    timings: dict[str, float],
+    out: TextIO,
+) -> BuildError | None:
+    """Run a lane's steps in order; the first failure, with the tail of its log, or None."""
+    for name, command, cwd in lane:
+        print(f"sandbox build: {name} ...", file=out, flush=True)
+        log_path = step_log(paths, name)
+        with open(log_path, "w") as log:
+            log.write(f"== {name}: {' '.join(command)}\n")
+            log.flush()
+            step_started = time.monotonic()
+            result = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        timings[name] = round(time.monotonic() - step_started, 1)
+        if result.returncode != 0:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+            return BuildError(
+                f"building {name} failed (exit {result.returncode}); the full log is {log_path}\n{tail}"
+            )
+        print(f"sandbox build: {name} done in {timings[name]:.0f} s", file=out, flush=True)
+    return None
 
 
 def main() -> int:
