@@ -62,7 +62,12 @@ from qmo.desired.serving import (
     serving_args,
 )
 from qmo.desired.status import condition, deployment_rollout
-from qmo.desired.verification import Verification
+from qmo.desired.verification import (
+    MetricsPods,
+    Verification,
+    deployment_metrics_pods,
+    node_groups_metrics_pods,
+)
 from qmo.planner import PlanningError, ServingPlan, plan, predict_checkpoint_bytes
 
 GIB = 2**30
@@ -430,6 +435,9 @@ class Serving:
     replicas: int
     present: bool
     """Something serves or is being rolled out (the Deployment, or the multi-node groups)."""
+    metrics_pods: MetricsPods | None = None
+    """The pods plan verification reads (a Deployment's, a multi-node model's leaders), of the template
+    the decision applies."""
 
 
 def object_key(manifest: Mapping[str, Any]) -> tuple[str, str]:
@@ -540,6 +548,9 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
         updated,
         replicas,
         present,
+        deployment_metrics_pods(snapshot.name, deployment)
+        if intent.deployment is not None
+        else node_groups_metrics_pods(snapshot.name, snapshot.multi_node, intent.node_groups),
     )
 
 
