@@ -185,6 +185,15 @@ def test_scrapes_retry_a_failing_pod_and_report_an_unreachable_one(metrics_serve
     assert result.errors == {"b": "the pod has no IP yet"}
 
 
+def test_a_body_that_arrives_in_pieces_is_read_to_its_end() -> None:
+    """vLLM's cache line is near the end of its ~45 kB /metrics: a first piece alone lacks it."""
+    with MetricsStandIn(with_pool(REAL_METRICS, 500), pieces=4) as server:
+        reachable = {"metadata": {"name": "a"}, "status": {"podIP": "127.0.0.1"}}
+        result = scrape([reachable], server.port)
+    assert result.errors == {}
+    assert result.caches == {"a": CacheObservation(blocks=500, block_size=16, tokens=8000)}
+
+
 def test_metrics_urls_bracket_ipv6() -> None:
     assert metrics_url({"status": {"podIP": "fd00::5"}}, 8000) == "http://[fd00::5]:8000/metrics"
 
