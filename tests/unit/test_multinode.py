@@ -557,6 +557,21 @@ def test_the_observed_template_changes_with_any_group_object() -> None:
     assert node_groups_metrics_pods("big", "statefulset", ()) is None
 
 
+def test_while_new_weights_are_made_the_groups_that_serve_are_the_ones_observed() -> None:
+    serving_groups = statefulsets_reporting(intent_of(snapshot()), ready=2)
+    # Another commit of the source: a new artifact, being made, and new groups (their args name its path).
+    spec = {**SPEC, "source": {"huggingface": {"repo": "meta-llama/Llama-3.1-405B", "revision": "b" * 40}}}
+    quantizing = snapshot(spec=spec, node_groups=serving_groups, artifact_phase="Quantizing")
+    serving = decide_model(quantizing, intent_of(quantizing)).serving
+    assert serving is not None and serving.metrics_pods is not None
+    served = node_groups_metrics_pods("big", "statefulset", serving_groups)
+    assert served is not None and serving.metrics_pods.template == served.template
+    rolling = snapshot(spec=spec, node_groups=serving_groups)
+    serving = decide_model(rolling, intent_of(rolling)).serving
+    assert serving is not None and serving.metrics_pods is not None
+    assert serving.metrics_pods.template != served.template  # the new groups are applied: a new template
+
+
 class PodsOfEveryRank:
     """The pod list as the API answers it, the selector it was asked with recorded; headless nodes are in
     it too, as a list by the model's labels alone would have them."""
