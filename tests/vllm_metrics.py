@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,13 @@ def loopback_address() -> str:
 class MetricsStandIn:
     """A real HTTP server where a pod would answer: ``/metrics`` with ``text``; ``failures`` 503s first."""
 
-    def __init__(self, text: str, *, host: str = "127.0.0.1", port: int = 0, failures: int = 0) -> None:
+    def __init__(
+        self, text: str, *, host: str = "127.0.0.1", port: int = 0, failures: int = 0, pieces: int = 1
+    ) -> None:
         self.text, self.failures, self.requests = text, failures, 0
+        # The body in this many writes, a moment apart: a client must read on until the end, as with a busy
+        # server whose response arrives in several TCP segments.
+        self.pieces = pieces
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,7 +62,12 @@ class MetricsStandIn:
                 self.send_response(200 if self.path == "/metrics" else 404)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                size = -(-len(body) // outer.pieces)
+                for start in range(0, len(body), size):
+                    if start:
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                    self.wfile.write(body[start : start + size])
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

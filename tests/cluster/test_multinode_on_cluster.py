@@ -6,11 +6,17 @@ model goes Ready. Then LeaderWorkerSet's CRD (a hand-written stand-in, tests/clu
 the operator notices on its next reconcile, and the API server accepts the LeaderWorkerSet it applies (no
 LWS controller runs here, so the object is asserted, not its pods). The CRD is removed at the end, whatever
 happens, so the session's other tests see a cluster without LWS.
+
+Plan verification reads the leaders: every pod of the model is annotated with one loopback address (the
+sandbox's stage makes it the pod's IP), where a stand-in answers /metrics as vLLM 0.25.1 does
+(tests/vllm_metrics.py, as in test_plan_verification_on_cluster.py). The headless nodes have the same
+address, so the stand-in's request count shows that only leaders are read.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +24,14 @@ from typing import Any
 import pytest
 
 from qmo.desired.multinode import MASTER_PORT, NODE_RANK_ENV, POD_INDEX_LABEL
+from qmo.sandbox import stages
 from qmo.sandbox.harness import HubStandIn, example_config
 from qmo.sandbox.harness import quantized_model as model
 from qmo.sandbox.testing import Kube, SessionCluster
 from qmo.sandbox.wait import wait_for
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from vllm_metrics import REAL_METRICS, MetricsStandIn, loopback_address, with_pool
 
 REPO_405B = "meta-llama/Llama-3.1-405B"
 SHA_405B = "c" * 40
@@ -128,3 +138,58 @@ def test_a_model_no_node_holds_serves_from_two_nodes(
         description="the model's groups to be garbage-collected with it",
     )
     assert k.get("service", "big-vllm-nodes") is None
+
+
+def plan_verified(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "PlanVerified")
+
+
+def test_plan_verification_reads_each_groups_leader(k: Kube, hub_405b: HubStandIn) -> None:
+    address = loopback_address()
+    pods_at = {"podAnnotations": {stages.POD_IP_ANNOTATION: address}}
+
+    def observed_with(tokens: int) -> dict[str, Any] | None:
+        qm = k.get("qm", "bigv")
+        observed = (((qm or {}).get("status") or {}).get("plan") or {}).get("observed") or {}
+        return qm if observed.get("kvCacheTokens") == tokens else None
+
+    # 512 blocks of 16: far below the plan, so the first observation is a mismatch.
+    with MetricsStandIn(with_pool(REAL_METRICS, 512), host=address, port=8000) as vllm:
+        k.apply(model("bigv", repo=REPO_405B, method="none", serving={"maxNodes": 2, **pods_at}))
+        k.wait_phase("bigv", "Ready", timeout=120)
+        status = wait_for(lambda: observed_with(8192), timeout=60, description="the leader's KV tokens")[
+            "status"
+        ]
+        assert status["plan"]["pipelineParallelSize"] == 2
+        observed = status["plan"]["observed"]
+        assert observed["pods"] == 1 and observed["revision"].endswith("/1")
+        assert (plan_verified(status)["status"], plan_verified(status)["reason"]) == (
+            "False",
+            "KVCacheMismatch",
+        )
+        # One group, two pods at the stand-in's address: only the leader was read.
+        assert vllm.requests == 1
+        first_template = observed["revision"].split("/")[0]
+
+        # vLLM's leader reports the pool of the whole pipeline, per replica: the plan's kvCacheTokens. A
+        # second group is a new StatefulSet (another template key) and one more ready group: read again.
+        predicted = status["plan"]["kvCacheTokens"]
+        vllm.text = with_pool(REAL_METRICS, predicted // 16)
+        k.apply(
+            model("bigv", repo=REPO_405B, method="none", serving={"maxNodes": 2, "replicas": 2, **pods_at})
+        )
+        status = wait_for(
+            lambda: observed_with(predicted // 16 * 16), timeout=120, description="both leaders read"
+        )["status"]
+        observed = status["plan"]["observed"]
+        assert status["ready"] == "2/2" and observed["pods"] == 2
+        template, ready = observed["revision"].split("/")
+        assert template != first_template and ready == "2"
+        assert abs(observed["errorPercent"]) < 0.1
+        condition = plan_verified(status)
+        assert (condition["status"], condition["reason"]) == ("True", "Verified")
+        assert f"the plan predicted {predicted}" in condition["message"]
+        # The two leaders, whose --master-addr differ, each read once; their headless nodes never.
+        assert vllm.requests == 3
+    k.delete("qm", "bigv")
+    wait_for(lambda: not k.list("statefulsets"), timeout=60, description="the groups to go with the model")

@@ -7,6 +7,7 @@ row is what ``kubectl get -o json`` would show at that point of the model's life
 from __future__ import annotations
 
 import argparse
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import pytest
 
 from qmo.cli import main
 from qmo.commands import explain as explain_command
-from qmo.desired.explain import EVENTS_SHOWN, explain
+from qmo.desired import explain as explain_module
+from qmo.desired.explain import EVENTS_SHOWN, RUNBOOK, explain
 
 NOW = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
 ARTIFACT = "llama-3-1-8b-instruct-awq-0e9e39f2"
@@ -53,13 +55,19 @@ def condition(type_: str, status: str, reason: str, message: str = "") -> dict[s
     return {"type": type_, "status": status, "reason": reason, "message": message}
 
 
-def quantized_model(status: dict[str, Any] | None) -> dict[str, Any]:
+def quantized_model(status: dict[str, Any] | None, **serving: Any) -> dict[str, Any]:
     return {
         "metadata": {"name": "llama-3-1-8b-awq", "namespace": "demo", "generation": 1, "uid": "uid-qm"},
         "spec": {
             "source": {"huggingface": {"repo": "meta-llama/Llama-3.1-8B-Instruct", "revision": "main"}},
             "quantization": {"method": "awq", "bits": 4, "groupSize": 128},
-            "serving": {"gpuClass": "h100-80gb", "replicas": 2, "maxModelLen": 8192, "concurrency": 64},
+            "serving": {
+                "gpuClass": "h100-80gb",
+                "replicas": 2,
+                "maxModelLen": 8192,
+                "concurrency": 64,
+                **serving,
+            },
         },
         **({"status": {"observedGeneration": 1, **status}} if status is not None else {}),
     }
@@ -232,6 +240,185 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any] | None, list[str]]] = {
 }
 
 
+# A model no node holds: TP 8 inside a node x PP 2 across nodes (Llama-3.1-405B bf16 on 2 x 8 H100).
+MULTI_NODE_PLAN = {
+    **PLAN,
+    "tensorParallelSize": 8,
+    "pipelineParallelSize": 2,
+    "weightsGibPerGpu": 47.31,
+    "kvCacheGibPerGpu": 21.5,
+    "kvCacheTokens": 722096,
+    "maxConcurrency": 5.51,
+    "maxModelLen": 131072,
+}
+MULTI_NODE = {"maxNodes": 2, "replicas": 1}
+HPA_STATUS = {
+    "autoscaler": "HorizontalPodAutoscaler",
+    "name": "llama-3-1-8b-awq-vllm",
+    "metric": "vllm:num_requests_running",
+    "target": 64.0,
+    "targetSource": "spec.serving.concurrency",
+    "minReplicas": 1,
+    "maxReplicas": 4,
+    "desiredReplicas": 2,
+    "currentReplicas": 2,
+    "message": "ScalingActive: FailedGetPodsMetric: unable to get metric vllm:num_requests_running",
+}
+AUTOSCALING = {"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}
+SCALE_TO_ZERO = {
+    "autoscaling": {
+        "minReplicas": 1,
+        "maxReplicas": 8,
+        "metric": "queueDepth",
+        "target": 4,
+        "scaleToZero": True,
+        "idleSeconds": 600,
+        "wakeQuery": "sum(gateway_pending)",
+    }
+}
+SERVING = {
+    **WAITING,
+    "artifact": {"name": ARTIFACT, "key": "0e" * 32},
+    "endpoint": "http://llama-3-1-8b-awq.demo.svc:8000/v1",
+}
+
+CASES.update(
+    {
+        "Ready: two nodes per replica, verified at the leader": (
+            quantized_model(
+                {
+                    **SERVING,
+                    "phase": "Ready",
+                    "ready": "1/1",
+                    "plan": {
+                        **MULTI_NODE_PLAN,
+                        "observed": {
+                            "kvCacheTokens": 722096,
+                            "errorPercent": 0.0,
+                            "pods": 1,
+                            "scrapedAt": "2026-12-07T11:00:00Z",
+                        },
+                    },
+                    "conditions": [
+                        PLANNED,
+                        condition(
+                            "PlanVerified", "True", "Verified", "vLLM allocated 722096 KV-cache tokens"
+                        ),
+                    ],
+                },
+                **MULTI_NODE,
+            ),
+            model_artifact("Ready"),
+            [
+                "h100-80gb, 1 replica(s), maxNodes 2,",
+                "8 GPU(s) per node x 2 nodes per replica = 16 GPUs, 2 pipeline stages "
+                "(one per node; rank 0, the leader, serves HTTP)",
+                "per GPU (most of any stage)  weights 47.31",
+                "722,096 tokens = 5.51 sequences of 131,072 (concurrency asked: 64); per replica, each stage "
+                "holds them for its layers",
+                "722,096 KV tokens per replica (+0% against the plan), read from 1 leader pod(s)",
+                "Nothing to do: it serves at",
+            ],
+        ),
+        "Deploying: two nodes per replica, no room": (
+            quantized_model(
+                {
+                    **SERVING,
+                    "phase": "Deploying",
+                    "plan": MULTI_NODE_PLAN,
+                    "message": "0/1 replicas ready (Unschedulable: 0/4 nodes are available: 3 Insufficient "
+                    "nvidia.com/gpu, 1 node(s) didn't match pod anti-affinity rules)",
+                },
+                **MULTI_NODE,
+            ),
+            model_artifact("Ready"),
+            [
+                "A replica needs 2 nodes with 8 free GPUs of h100-80gb each, one pod per node",
+                "qmo plan --max-nodes",
+                "kubectl get pods -n demo -l qmo.dev/model=llama-3-1-8b-awq -o wide",
+                "docs/operations.md#a-multi-node-model",
+            ],
+        ),
+        "Deploying: two nodes per replica, starting": (
+            quantized_model(
+                {**SERVING, "phase": "Deploying", "plan": MULTI_NODE_PLAN, "message": "0/1 replicas ready"},
+                **MULTI_NODE,
+            ),
+            model_artifact("Ready"),
+            [
+                "vLLM is starting (loading weights, warming up) on 2 nodes per replica; a leader is ready only "
+                "once every node of its group joined it",
+                "kubectl logs -n demo -l qmo.dev/model=llama-3-1-8b-awq --prefix",
+                "docs/operations.md#a-multi-node-model",
+            ],
+        ),
+        "Ready: the HPA cannot read its metric": (
+            quantized_model(
+                {
+                    **SERVING,
+                    "phase": "Ready",
+                    "ready": "2/2",
+                    "autoscaling": HPA_STATUS,
+                    "conditions": [
+                        PLANNED,
+                        condition(
+                            "Autoscaling", "False", "FailedGetPodsMetric", "HorizontalPodAutoscaler ..."
+                        ),
+                    ],
+                },
+                **AUTOSCALING,
+            ),
+            model_artifact("Ready"),
+            [
+                "h100-80gb, maxModelLen 8192",  # replicas is unused while autoscaling
+                "autoscaling   1-4 replicas on runningRequests, target from the plan",
+                "Autoscaling (HorizontalPodAutoscaler llama-3-1-8b-awq-vllm)",
+                "replicas  desired 2, current 2, range 1-4",
+                "metric    vllm:num_requests_running at 64 per replica (target from spec.serving.concurrency)",
+                "message   ScalingActive: FailedGetPodsMetric",
+                "Autoscaling   False    FailedGetPodsMetric",
+                "It serves at http://llama-3-1-8b-awq.demo.svc:8000/v1 (OpenAI API, /v1/models), but:",
+                "The autoscaler cannot scale (FailedGetPodsMetric): the replica count stays where it is.",
+                'kubectl get --raw "/apis/custom.metrics.k8s.io/v1beta2/namespaces/demo/pods/*/'
+                'vllm:num_requests_running"; kubectl describe hpa -n demo llama-3-1-8b-awq-vllm',
+                "docs/operations.md#autoscaling",
+            ],
+        ),
+        "Deploying: KEDA cannot reach Prometheus": (
+            quantized_model(
+                {
+                    **SERVING,
+                    "phase": "Deploying",
+                    "message": "0/1 replicas ready",
+                    "autoscaling": {
+                        **HPA_STATUS,
+                        "autoscaler": "ScaledObject",
+                        "metric": "vllm:num_requests_waiting",
+                        "target": 4.0,
+                        "targetSource": "spec",
+                        "minReplicas": 0,
+                        "maxReplicas": 8,
+                        "message": "Ready: ScaledObjectCheckFailed: prometheus query failed",
+                    },
+                    "conditions": [condition("Autoscaling", "False", "ScaledObjectCheckFailed")],
+                },
+                **SCALE_TO_ZERO,
+            ),
+            model_artifact("Ready"),
+            [
+                "1-8 replicas on queueDepth, target 4 per replica, scale to zero after 600 s idle",
+                "Autoscaling (ScaledObject llama-3-1-8b-awq-vllm)",
+                "range 0-8",
+                "vLLM is starting",
+                "The autoscaler cannot scale (ScaledObjectCheckFailed)",
+                "kubectl describe scaledobject -n demo llama-3-1-8b-awq-vllm",
+                "docs/operations.md#autoscaling",
+            ],
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_story_has_the_plan_the_artifact_the_conditions_and_what_to_do(case: str) -> None:
     model, artifact, expected = CASES[case]
@@ -247,6 +434,46 @@ def test_conditions_follow_the_stages_and_show_their_reasons() -> None:
     story = explain(model, artifact=artifact, now=NOW)
     block = story.split("Conditions\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert [line.split()[0] for line in block] == ["Planned", "WeightsReady", "QualityGate", "Available"]
+
+
+def test_the_autoscaling_condition_comes_after_the_stages() -> None:
+    model, artifact, _ = CASES["Ready: the HPA cannot read its metric"]
+    conditions = model["status"]["conditions"]
+    model["status"]["conditions"] = [
+        conditions[1],
+        condition("PlanVerified", "True", "Verified"),
+        condition("Available", "True", "RolledOut"),
+        conditions[0],
+    ]
+    story = explain(model, artifact=artifact, now=NOW)
+    block = story.split("Conditions\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split()[0] for line in block] == ["Planned", "Available", "PlanVerified", "Autoscaling"]
+
+
+def test_a_model_that_scales_and_serves_well_has_nothing_to_do() -> None:
+    model, artifact, _ = CASES["Ready: the HPA cannot read its metric"]
+    model["status"]["conditions"] = [condition("Autoscaling", "True", "Scaling")]
+    steps = explain(model, artifact=artifact, now=NOW).split("Next\n", 1)[1]
+    assert steps.startswith("  - Nothing to do") and "autoscaler" not in steps
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_runbook_link_explain_gives_has_its_section() -> None:
+    operations = Path(__file__).parents[2] / RUNBOOK
+    anchors = {
+        github_anchor(line.lstrip("#"))
+        for line in operations.read_text().splitlines()
+        if line.startswith("#")
+    }
+    linked = set(
+        re.findall(r"#([a-z0-9-]+)", Path(explain_module.__file__).read_text().split("RUNBOOK = ")[1])
+    )
+    assert "autoscaling" in linked and "a-multi-node-model" in linked
+    assert linked <= anchors, f"no such section in {RUNBOOK}: {sorted(linked - anchors)}"
 
 
 def test_the_last_events_of_both_objects_come_newest_last_with_their_age() -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,15 @@ from qmo.desired.multinode import (
     statefulset_rollout,
 )
 from qmo.desired.names import serving_name
+from qmo.desired.verification import MetricsPods, node_groups_metrics_pods
 from qmo.planner import BUILTIN_GPUS
 from qmo.reconcile.model import ModelReconciler
+from qmo.reconcile.observe import PodMetricsScraper
 from qmo.reconcile.outcome import PermanentFailure
+from qmo.reconcile.verify import PlanVerifier
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from vllm_metrics import REAL_METRICS, MetricsStandIn, with_pool
 
 CONFIGS = Path(__file__).parent / "configs"
 LLAMA_405B = json.loads((CONFIGS / "llama-3.1-405b.json").read_text())
@@ -453,3 +460,164 @@ def test_lws_asked_for_but_not_installed_fails_the_model_naming_the_setting() ->
     assert "multiNode: leaderworkerset" in failure.value.message and LWS_API_VERSION in failure.value.message
     with pytest.raises(ValueError, match="multi-node setting 'lws' is not one of auto, leaderworkerset"):
         ModelReconciler(MultiNodeObjects(lws_served=True, objects=[]), hub=None, multi_node="lws")  # type: ignore[arg-type]
+
+
+# Plan verification of a multi-node model: only the leaders serve /metrics.
+
+
+def node_pod(
+    template: dict[str, Any], name: str, *, labels: dict[str, str] | None = None, ready: bool = True
+) -> dict[str, Any]:
+    """A pod made from ``template`` as its controller makes it (args verbatim, unexpanded), at 127.0.0.1."""
+    return {
+        "metadata": {"name": name, "labels": {**template["metadata"]["labels"], **(labels or {})}},
+        "spec": json.loads(json.dumps(template["spec"])),
+        "status": {
+            "podIP": "127.0.0.1",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def statefulset_pods(intent: ModelIntent) -> list[dict[str, Any]]:
+    """Every node of every group: PP pods per StatefulSet, the ordinal in the pod-index label."""
+    return [
+        node_pod(
+            s["spec"]["template"], f"{s['metadata']['name']}-{rank}", labels={POD_INDEX_LABEL: str(rank)}
+        )
+        for s in by_kind(intent, "StatefulSet")
+        for rank in range(s["spec"]["replicas"])
+    ]
+
+
+def read_by(metrics_pods: MetricsPods | None, pods: list[dict[str, Any]]) -> list[str]:
+    assert metrics_pods is not None
+    return [p["metadata"]["name"] for p in metrics_pods.running(pods)]
+
+
+def test_only_each_groups_leader_is_read_and_against_its_own_groups_args() -> None:
+    intent = intent_of(snapshot())
+    metrics_pods = node_groups_metrics_pods("big", "statefulset", intent.node_groups)
+    pods = statefulset_pods(intent)
+    assert read_by(metrics_pods, pods) == ["big-vllm-0-0", "big-vllm-1-0"]  # rank 1 runs headless: no HTTP
+    assert metrics_pods is not None and metrics_pods.labels[POD_INDEX_LABEL] == "0"
+    assert metrics_pods.role == "leader pod" and metrics_pods.startup_args is None
+
+    # The groups' args differ (--master-addr names the group's pod 0): each leader is held to its own.
+    leader_0, leader_1 = pods[0], pods[2]
+    assert container(leader_0)["args"] != container(leader_1)["args"]
+    swapped = json.loads(json.dumps(leader_1))
+    container(swapped)["args"] = container(leader_0)["args"]
+    assert read_by(metrics_pods, [leader_0, swapped]) == ["big-vllm-0-0"]
+
+    # A leader of a previous plan, or not ready yet, says nothing about this one.
+    older = json.loads(json.dumps(leader_1))
+    container(older)["args"] = [
+        a.replace("--max-model-len=8192", "--max-model-len=4096") for a in container(older)["args"]
+    ]
+    assert older != leader_1
+    assert read_by(metrics_pods, [leader_0, older]) == ["big-vllm-0-0"]
+    assert read_by(metrics_pods, [leader_0, {**leader_1, "status": {"conditions": []}}]) == ["big-vllm-0-0"]
+
+
+def test_a_leader_worker_sets_leaders_are_read_and_its_workers_never() -> None:
+    intent = intent_of(snapshot(shape="leaderworkerset"))
+    [lws] = intent.node_groups
+    templates = lws["spec"]["leaderWorkerTemplate"]
+    pods = [
+        pod
+        for group in range(2)
+        for pod in (
+            node_pod(templates["leaderTemplate"], f"big-vllm-{group}"),
+            node_pod(templates["workerTemplate"], f"big-vllm-{group}-1"),
+        )
+    ]
+    metrics_pods = node_groups_metrics_pods("big", "leaderworkerset", intent.node_groups)
+    assert read_by(metrics_pods, pods) == ["big-vllm-0", "big-vllm-1"]
+    assert metrics_pods is not None and metrics_pods.labels[LABEL_ROLE] == "leader"
+    # The StatefulSets' leaders, still serving while the shape switches, are not the LWS's template.
+    assert read_by(metrics_pods, statefulset_pods(intent_of(snapshot()))) == []
+
+
+def template_key(spec: dict[str, Any], shape: str = "statefulset") -> str:
+    intent = intent_of(snapshot(spec=spec, shape=shape, artifact_phase=None))
+    metrics_pods = node_groups_metrics_pods("big", shape, intent.node_groups)  # type: ignore[arg-type]
+    assert metrics_pods is not None
+    return metrics_pods.template
+
+
+def test_the_observed_template_changes_with_any_group_object() -> None:
+    key = template_key(SPEC)
+    assert key == template_key(SPEC) and len(key) == 16
+    assert template_key({**SPEC, "serving": {**SPEC["serving"], "replicas": 3}}) != key  # a group more
+    assert template_key({**SPEC, "serving": {**SPEC["serving"], "maxModelLen": 4096}}) != key
+    # One LeaderWorkerSet is keyed by its own hash, as a Deployment is.
+    [lws] = intent_of(snapshot(shape="leaderworkerset", artifact_phase=None)).node_groups
+    assert template_key(SPEC, "leaderworkerset") == hash_of(lws)
+    assert node_groups_metrics_pods("big", "statefulset", ()) is None
+
+
+def test_while_new_weights_are_made_the_groups_that_serve_are_the_ones_observed() -> None:
+    serving_groups = statefulsets_reporting(intent_of(snapshot()), ready=2)
+    # Another commit of the source: a new artifact, being made, and new groups (their args name its path).
+    spec = {**SPEC, "source": {"huggingface": {"repo": "meta-llama/Llama-3.1-405B", "revision": "b" * 40}}}
+    quantizing = snapshot(spec=spec, node_groups=serving_groups, artifact_phase="Quantizing")
+    serving = decide_model(quantizing, intent_of(quantizing)).serving
+    assert serving is not None and serving.metrics_pods is not None
+    served = node_groups_metrics_pods("big", "statefulset", serving_groups)
+    assert served is not None and serving.metrics_pods.template == served.template
+    rolling = snapshot(spec=spec, node_groups=serving_groups)
+    serving = decide_model(rolling, intent_of(rolling)).serving
+    assert serving is not None and serving.metrics_pods is not None
+    assert serving.metrics_pods.template != served.template  # the new groups are applied: a new template
+
+
+class PodsOfEveryRank:
+    """The pod list as the API answers it, the selector it was asked with recorded; headless nodes are in
+    it too, as a list by the model's labels alone would have them."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods = pods
+        self.selectors: list[str] = []
+
+    async def list(self, kind: str, namespace: str, *, label_selector: str = "", fresh: bool = False) -> Any:
+        self.selectors.append(label_selector)
+        return self.pods
+
+
+def test_a_multi_node_model_is_verified_from_its_leaders_against_the_plans_tokens_per_replica() -> None:
+    """vLLM's leader reports the engine's pool for the whole pipeline: every stage gets the fewest blocks any
+    stage has room for (get_kv_cache_configs), which is what the plan's kvCacheTokens per replica is."""
+    ready = snapshot(node_groups=statefulsets_reporting(intent_of(snapshot()), ready=2))
+    intent = intent_of(ready)
+    serving = decide_model(ready, intent).serving
+    assert serving is not None and serving.rolled and serving.ready == 2
+    predicted = intent.planned.kv_cache_tokens
+    kube = PodsOfEveryRank(statefulset_pods(intent))
+    with MetricsStandIn(with_pool(REAL_METRICS, predicted // 16)) as vllm:
+        verifier = PlanVerifier(kube, PodMetricsScraper(timeout=2.0, attempts=1, port=vllm.port))  # type: ignore[arg-type]
+        verification = asyncio.run(
+            verifier.verify(
+                namespace="ns",
+                model="big",
+                old={},
+                planned=intent.planned,
+                metrics_pods=serving.metrics_pods,
+                rolled=True,
+                ready=serving.ready,
+                pods=None,
+                generation=1,
+                now="2026-12-07T00:00:00Z",
+            )
+        )
+        assert vllm.requests == 2  # the two leaders; their headless nodes answer at the same address
+    assert kube.selectors == [f"app.kubernetes.io/component=serving,{POD_INDEX_LABEL}=0,qmo.dev/model=big"]
+    observed = verification.observed
+    assert observed is not None and observed["pods"] == 2
+    assert observed["revision"] == f"{serving.metrics_pods.template}/2"  # type: ignore[union-attr]
+    assert observed["kvCacheTokens"] == predicted // 16 * 16
+    assert (verification.status, verification.reason) == (True, "Verified")
+    status = decide_model(ready, intent, verification).status
+    assert status["plan"]["observed"]["pods"] == 2
+    verified = next(c for c in status["conditions"] if c["type"] == "PlanVerified")
+    assert verified["status"] == "True" and f"the plan predicted {predicted}" in verified["message"]

@@ -22,6 +22,7 @@ from qmo.desired.verification import (
     RETRY_FAILED_SCRAPE_SECONDS,
     CacheObservation,
     MetricsFormatError,
+    deployment_metrics_pods,
     kv_error_percent,
     observation_due,
     parse_cache_config,
@@ -37,6 +38,7 @@ from test_desired import PLAN
 from vllm_metrics import REAL_METRICS, MetricsStandIn, with_pool
 
 ARGS = ["/cache/k/model", "--served-model-name", "m", "--gpu-memory-utilization=0.9"]
+SERVING_LABELS = {"qmo.dev/model": "m", "app.kubernetes.io/component": "serving"}
 
 
 def test_the_real_cache_config_is_read() -> None:
@@ -183,6 +185,15 @@ def test_scrapes_retry_a_failing_pod_and_report_an_unreachable_one(metrics_serve
     assert result.errors == {"b": "the pod has no IP yet"}
 
 
+def test_a_body_that_arrives_in_pieces_is_read_to_its_end() -> None:
+    """vLLM's cache line is near the end of its ~45 kB /metrics: a first piece alone lacks it."""
+    with MetricsStandIn(with_pool(REAL_METRICS, 500), pieces=4) as server:
+        reachable = {"metadata": {"name": "a"}, "status": {"podIP": "127.0.0.1"}}
+        result = scrape([reachable], server.port)
+    assert result.errors == {}
+    assert result.caches == {"a": CacheObservation(blocks=500, block_size=16, tokens=8000)}
+
+
 def test_metrics_urls_bracket_ipv6() -> None:
     assert metrics_url({"status": {"podIP": "fd00::5"}}, 8000) == "http://[fd00::5]:8000/metrics"
 
@@ -194,7 +205,7 @@ def test_a_reread_with_the_same_figures_keeps_status_so_a_fleet_at_rest_writes_n
     vLLM reports something different."""
     metrics_server.failures = 0
     pod = {
-        "metadata": {"name": "a"},
+        "metadata": {"name": "a", "labels": SERVING_LABELS},
         "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
         "spec": {"containers": [{"name": "vllm", "args": ARGS}]},
     }
@@ -211,7 +222,7 @@ def test_a_reread_with_the_same_figures_keeps_status_so_a_fleet_at_rest_writes_n
                 model="m",
                 old=old,
                 planned=planned(8000),
-                deployment=deployment,
+                metrics_pods=deployment_metrics_pods("m", deployment),
                 rolled=True,
                 ready=1,
                 pods=[pod],
@@ -256,7 +267,7 @@ def test_pods_the_watch_has_not_shown_ready_yet_are_read_from_the_api_server(
 
     def pod(name: str, ready: str) -> dict[str, Any]:
         return {
-            "metadata": {"name": name},
+            "metadata": {"name": name, "labels": SERVING_LABELS},
             "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": ready}]},
             "spec": {"containers": [{"name": "vllm", "args": ARGS}]},
         }
@@ -273,7 +284,7 @@ def test_pods_the_watch_has_not_shown_ready_yet_are_read_from_the_api_server(
             model="m",
             old={},
             planned=planned(8000),
-            deployment=deployment,
+            metrics_pods=deployment_metrics_pods("m", deployment),
             rolled=True,
             ready=2,
             pods=None,

@@ -526,7 +526,8 @@ class ObservedPlan(ApiModel):
     """What vLLM really allocated, read from the serving pods' /metrics (vllm:cache_config_info)."""
 
     kv_cache_tokens: int | None = None
-    """KV-cache tokens per replica vLLM allocated (the smallest over the pods read)."""
+    """KV-cache tokens per replica vLLM allocated (the smallest over the pods read). A multi-node replica's
+    leader reports its engine's pool, which every pipeline stage holds for its own layers."""
     kv_cache_blocks: int | None = None
     """KV-cache blocks per replica (num_gpu_blocks)."""
     block_size: int | None = None
@@ -534,13 +535,14 @@ class ObservedPlan(ApiModel):
     error_percent: float | None = None
     """(observed - predicted) / predicted KV tokens in percent; negative: fewer than planned."""
     pods: int = 0
-    """Serving pods whose /metrics were read."""
+    """Serving pods whose /metrics were read (a multi-node model's leaders, one per group)."""
     error: str | None = None
     """Why some or all pods could not be read."""
     scraped_at: str
     """When the pods first reported these figures (RFC 3339); a re-read with the same figures keeps it."""
     revision: str
-    """The Deployment's desired hash and ready replicas this observation was made of."""
+    """What this observation was made of: the Deployment's desired hash (a multi-node model's: one digest of
+    its StatefulSets' or its LeaderWorkerSet's) and the ready replicas (groups)."""
 
 
 class PlanStatus(ApiModel):
@@ -569,7 +571,7 @@ class PlanStatus(ApiModel):
     overhead_gib_per_gpu: float
     """Activations, CUDA graphs and non-torch memory per GPU."""
     kv_cache_tokens: int
-    """Tokens the KV cache holds."""
+    """Tokens the KV cache of one replica holds (across pipeline stages: each holds them for its layers)."""
     max_concurrency: float
     """Sequences at max_model_len the KV cache holds at once."""
     checkpoint_bytes: int

@@ -62,7 +62,12 @@ from qmo.desired.serving import (
     serving_args,
 )
 from qmo.desired.status import condition, deployment_rollout
-from qmo.desired.verification import Verification
+from qmo.desired.verification import (
+    MetricsPods,
+    Verification,
+    deployment_metrics_pods,
+    node_groups_metrics_pods,
+)
 from qmo.planner import PlanningError, ServingPlan, plan, predict_checkpoint_bytes
 
 GIB = 2**30
@@ -430,6 +435,9 @@ class Serving:
     replicas: int
     present: bool
     """Something serves or is being rolled out (the Deployment, or the multi-node groups)."""
+    metrics_pods: MetricsPods | None = None
+    """The pods plan verification reads (a Deployment's, a multi-node model's leaders), of the template
+    the decision applies."""
 
 
 def object_key(manifest: Mapping[str, Any]) -> tuple[str, str]:
@@ -500,6 +508,7 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
             changed = apply_node_groups(snapshot, intent, decision)
         decide_autoscaler(snapshot, intent, decision)
     workload_kinds = {m["kind"] for m in intent.node_groups if m["kind"] != "Service"}
+    metrics_pods: MetricsPods | None
     if intent.deployment is not None:
         rolled, ready, reason = deployment_rollout(deployment, wanted_replicas(spec.serving, deployment))
         status = (deployment or {}).get("status") or {}
@@ -508,10 +517,19 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
         # What served while the model spanned nodes goes once the Deployment serves in its place.
         leftovers = [object_key(m) for m in snapshot.node_groups]
         switching = bool(leftovers)
+        metrics_pods = deployment_metrics_pods(snapshot.name, deployment)
     else:
         rolled, ready, reason, updated, replicas = node_groups_serving(snapshot, intent, changed)
         present = bool(snapshot.node_groups) or changed is not None
         wanted = {object_key(m) for m in intent.node_groups}
+        # The groups as they will be: the intent's once applied; while new weights are being made, the ones
+        # that serve (as for a Deployment, their observation stays in status until the new template rolls).
+        groups = (
+            intent.node_groups
+            if changed is not None
+            else tuple(m for m in snapshot.node_groups if object_key(m) in wanted)
+        )
+        metrics_pods = node_groups_metrics_pods(snapshot.name, snapshot.multi_node, groups)
         leftovers = [object_key(m) for m in snapshot.node_groups if object_key(m) not in wanted]
         switching = any(kind not in workload_kinds | {"Service"} for kind, _ in leftovers)
         if snapshot.deployment is not None:
@@ -540,6 +558,7 @@ def decide_serving(snapshot: ModelSnapshot, intent: ModelIntent, decision: Model
         updated,
         replicas,
         present,
+        metrics_pods,
     )
 
 

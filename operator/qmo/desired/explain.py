@@ -1,9 +1,10 @@
 """``qmo explain``: one QuantizedModel's story for a person, from the objects as the API server holds them.
 
 The command reads the QuantizedModel, its ModelArtifact and their Events; ``explain`` turns them into text:
-what was asked, the plan with its numbers, the artifact and its quality, each condition with its reason,
-the last events, and what to do next when the model is stuck (the runbook's advice for the condition that
-says why). Pure, so every phase is a table row in a unit test. Objects are read leniently (wire spelling,
+what was asked, the plan with its numbers (and its shape across nodes when a replica spans several), the
+autoscaler that owns the replica count, the artifact and its quality, each condition with its reason, the
+last events, and what to do next when the model is stuck (the runbook's advice for the condition that says
+why). Pure, so every phase is a table row in a unit test. Objects are read leniently (wire spelling,
 a missing field is left out, never an error): explain is what a person runs when something is already wrong.
 """
 
@@ -19,7 +20,15 @@ from qmo.planner.scheduler import max_num_seqs_reason
 Obj = Mapping[str, Any]
 
 RUNBOOK = "docs/operations.md"
-CONDITIONS = ("Planned", "WeightsReady", "QualityGate", "Deployed", "Available", "PlanVerified")
+CONDITIONS = (
+    "Planned",
+    "WeightsReady",
+    "QualityGate",
+    "Deployed",
+    "Available",
+    "PlanVerified",
+    "Autoscaling",
+)
 EVENTS_SHOWN = 8
 
 
@@ -29,6 +38,7 @@ def explain(model: Obj, *, artifact: Obj | None = None, events: Sequence[Obj] = 
         _headline(model),
         _asked(model),
         _plan(model),
+        _autoscaling(model),
         _artifact(model, artifact),
         _conditions(model),
         _events(events, now),
@@ -92,9 +102,12 @@ def _asked(model: Obj) -> str:
     method = quantization.get("method")
     recipe = f"{method} ({', '.join(d for d in details if d)})" if any(details) else method
     serving = spec.get("serving") or {}
+    autoscaling = serving.get("autoscaling")
     wanted = [
         serving.get("gpuClass"),
-        f"{serving.get('replicas', 1)} replica(s)",
+        # While autoscaling is set, spec.serving.replicas is unused: the autoscaler owns the count.
+        f"{serving.get('replicas', 1)} replica(s)" if not isinstance(autoscaling, Mapping) else None,
+        f"maxNodes {serving['maxNodes']}" if (serving.get("maxNodes") or 1) > 1 else None,
         f"maxModelLen {serving['maxModelLen']}" if serving.get("maxModelLen") else "maxModelLen: the model's",
         f"concurrency {serving['concurrency']}" if serving.get("concurrency") else None,
         f"maxNumSeqs {serving['maxNumSeqs']}" if serving.get("maxNumSeqs") else None,
@@ -109,8 +122,21 @@ def _asked(model: Obj) -> str:
         ("source", _source(spec, status)),
         ("quantization", recipe),
         ("serving", ", ".join(w for w in wanted if w)),
+        ("autoscaling", _asked_autoscaling(autoscaling) if isinstance(autoscaling, Mapping) else None),
     ]
     return "\n".join(["Asked", *_rows(rows)])
+
+
+def _asked_autoscaling(autoscaling: Obj) -> str:
+    """spec.serving.autoscaling in a line, with the defaults the API applies where the spec left them out."""
+    low, high = autoscaling.get("minReplicas", 1), autoscaling.get("maxReplicas", "?")
+    target = autoscaling.get("target")
+    text = f"{low}-{high} replicas on {autoscaling.get('metric', 'runningRequests')}, target " + (
+        f"{target:g} per replica" if isinstance(target, int | float) else "from the plan"
+    )
+    if autoscaling.get("scaleToZero"):
+        text += f", scale to zero after {autoscaling.get('idleSeconds', 300)} s idle"
+    return text
 
 
 def _plan(model: Obj) -> str | None:
@@ -127,14 +153,26 @@ def _plan(model: Obj) -> str | None:
         f"{plan.get('maxModelLen', 0):,}" + (f" (concurrency asked: {concurrency})" if concurrency else "")
     )
     seqs = max_num_seqs_reason(max_num_seqs=serving.get("maxNumSeqs"), concurrency=concurrency)
+    tp, nodes = plan.get("tensorParallelSize"), plan.get("pipelineParallelSize")
+    kinds = f"dtype {plan.get('dtype')}, KV cache {plan.get('kvCacheDtype')}"
+    if nodes:
+        gpus = tp * nodes if isinstance(tp, int) and isinstance(nodes, int) else "?"
+        shape = (
+            f"{tp} GPU(s) per node x {nodes} nodes per replica = {gpus} GPUs, {nodes} pipeline stages "
+            f"(one per node; rank 0, the leader, serves HTTP), {kinds}"
+        )
+        # status.plan has one figure per term: the most any stage's GPU holds (planner/parallel.py), and the
+        # KV tokens every stage holds for its own layers (vLLM gives each the fewest blocks any has room for).
+        per_gpu, kv = (
+            "per GPU (most of any stage)",
+            f"{kv}; per replica, each stage holds them for its layers",
+        )
+    else:
+        shape, per_gpu = f"{tp} GPU(s) per replica, {kinds}", "per GPU"
     rows: list[tuple[str, Any]] = [
+        ("shape", shape),
         (
-            "shape",
-            f"{plan.get('tensorParallelSize')} GPU(s) per replica, dtype {plan.get('dtype')}, "
-            f"KV cache {plan.get('kvCacheDtype')}",
-        ),
-        (
-            "per GPU",
+            per_gpu,
             f"weights {plan.get('weightsGibPerGpu')} + overhead {plan.get('overheadGibPerGpu')} "
             f"+ KV cache {plan.get('kvCacheGibPerGpu')} GiB",
         ),
@@ -150,7 +188,8 @@ def _plan(model: Obj) -> str | None:
                 "vLLM allocated",
                 f"{observed['kvCacheTokens']:,} KV tokens per replica"
                 + (f" ({error:+g}% against the plan)" if error is not None else "")
-                + f", read from {observed.get('pods', '?')} pod(s) at {observed.get('scrapedAt', '?')}",
+                + f", read from {observed.get('pods', '?')} {'leader ' if nodes else ''}pod(s) at "
+                f"{observed.get('scrapedAt', '?')}",
             )
         )
     replan = _get(model, "status", "replan")
@@ -164,6 +203,29 @@ def _plan(model: Obj) -> str | None:
         )
     rows.append(("vllm args", " ".join(str(a) for a in plan.get("vllmArgs") or [])))
     return "\n".join([header, *_rows(rows)])
+
+
+def _autoscaling(model: Obj) -> str | None:
+    """status.autoscaling: who owns the replica count, on what, and what it last said."""
+    scaling = _get(model, "status", "autoscaling")
+    if not isinstance(scaling, Mapping):
+        return None
+    target = scaling.get("target")
+    rows = [
+        (
+            "replicas",
+            f"desired {scaling.get('desiredReplicas', '?')}, current {scaling.get('currentReplicas', 0)}, "
+            f"range {scaling.get('minReplicas', '?')}-{scaling.get('maxReplicas', '?')}",
+        ),
+        (
+            "metric",
+            f"{scaling.get('metric')} at "
+            + (f"{target:g}" if isinstance(target, int | float) else "?")
+            + f" per replica (target from {scaling.get('targetSource', '?')})",
+        ),
+        ("message", scaling.get("message")),
+    ]
+    return "\n".join([f"Autoscaling ({scaling.get('autoscaler')} {scaling.get('name')})", *_rows(rows)])
 
 
 def _artifact(model: Obj, artifact: Obj | None) -> str | None:
@@ -284,15 +346,15 @@ def next_steps(model: Obj, artifact: Obj | None) -> list[str]:
             "namespace: kubectl logs -n qmo-system deploy/qmo-quantized-model-operator"
         ]
     if phase == "Ready":
-        steps = [
-            f"Nothing to do: it serves at {status.get('endpoint', 'its Service')} (OpenAI API, /v1/models)."
-        ]
+        serves = f"serves at {status.get('endpoint', 'its Service')} (OpenAI API, /v1/models)"
+        problems = []
         verified = _condition(model, "PlanVerified")
         if verified.get("status") == "False":
-            steps.append(
+            problems.append(
                 f"The plan and vLLM disagree ({verified.get('reason')}): see {RUNBOOK}#the-plan-does-not-match-what-vllm-allocated"
             )
-        return steps
+        problems += _autoscaling_steps(model, namespace)
+        return [f"It {serves}, but:", *problems] if problems else [f"Nothing to do: it {serves}."]
     if phase == "Failed":
         return _failed_steps(model, namespace, job, artifact_message)
     gate = _condition(model, "QualityGate")
@@ -328,23 +390,73 @@ def next_steps(model: Obj, artifact: Obj | None) -> list[str]:
                 f"vLLM does not start under the plan: {verified.get('message')}",
                 f"See {RUNBOOK}#a-serving-pod-does-not-start-under-the-plan",
             ]
+        plan = status.get("plan") or {}
+        nodes = plan.get("pipelineParallelSize")
+        if "Unschedulable" in message and nodes:
+            return [
+                f"A replica needs {nodes} nodes with {plan.get('tensorParallelSize')} free GPUs of "
+                f"{plan.get('gpuClass')} each, one pod per node (two pods of a group never share a node); the "
+                "scheduler's words are above. Free whole nodes, add nodes of the class, or plan for fewer "
+                "nodes (a smaller maxModelLen or concurrency, a quantized method: qmo plan --max-nodes).",
+                f"Which pods wait, and where the others run: {pods} -o wide; the reason of a Pending one: "
+                f"kubectl describe pod -n {namespace} <pod>",
+                f"See {RUNBOOK}#a-multi-node-model",
+                *_autoscaling_steps(model, namespace),
+            ]
         if "Unschedulable" in message:
             return [
                 "No node can take a serving pod: free GPUs of the class, fix the GPUClass's node selector or "
                 "tolerations, or let the cluster autoscaler add a node.",
                 f"See {RUNBOOK}#a-model-is-not-ready",
+                *_autoscaling_steps(model, namespace),
             ]
         action = (
             "vLLM is starting (loading weights, warming up)" if phase == "Deploying" else "Replicas were lost"
         )
+        if nodes:
+            return [
+                f"{action} on {nodes} nodes per replica; a leader is ready only once every node of its group "
+                f"joined it: {pods} -o wide; kubectl logs -n {namespace} -l qmo.dev/model={name} --prefix",
+                f"See {RUNBOOK}#a-multi-node-model",
+                *_autoscaling_steps(model, namespace),
+            ]
         return [
             f"{action}: {pods}; kubectl logs -n {namespace} -l qmo.dev/model={name}",
             f"See {RUNBOOK}#a-model-is-not-ready",
+            *_autoscaling_steps(model, namespace),
         ]
     return [
         f"It is {phase or 'Pending'}: {message or 'waiting for the operator'}. Hub or API errors retry with back-off "
         "(qmo_reconcile_errors_total counts them).",
         f"See {RUNBOOK}#a-model-is-not-ready",
+    ]
+
+
+def _autoscaling_steps(model: Obj, namespace: str) -> list[str]:
+    """What to do when the Autoscaling condition is False: the autoscaler cannot read its metric (no
+    custom-metrics adapter for an HPA, no answer from Prometheus for KEDA) or cannot scale its target."""
+    scaling = _condition(model, "Autoscaling")
+    if scaling.get("status") != "False":
+        return []
+    status = _get(model, "status", "autoscaling") or {}
+    kind, autoscaler = status.get("autoscaler"), status.get("name", "<model>-vllm")
+    metric = status.get("metric", "vllm:num_requests_running")
+    if kind == "ScaledObject":
+        check = (
+            "KEDA queries Prometheus (the chart's autoscaling.prometheus.serverAddress): check that it answers "
+            f"and scrapes the vLLM pods: kubectl describe scaledobject -n {namespace} {autoscaler}"
+        )
+    else:
+        check = (
+            f"An HPA reads {metric} from the custom-metrics API, served by an adapter such as "
+            "prometheus-adapter with vLLM's series: kubectl get --raw "
+            f'"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/pods/*/{metric}"; '
+            f"kubectl describe hpa -n {namespace} {autoscaler}"
+        )
+    return [
+        f"The autoscaler cannot scale ({scaling.get('reason')}): the replica count stays where it is.",
+        check,
+        f"See {RUNBOOK}#autoscaling",
     ]
 
 

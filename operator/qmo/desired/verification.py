@@ -3,7 +3,9 @@ the plan's arguments do not even start.
 
 The planner predicts the KV-cache tokens each replica gets; vLLM reports what it allocated in
 ``vllm:cache_config_info`` on ``/metrics``. Reading it back turns a wrong plan (a new GPU, model or vLLM
-version) into a figure in status and an alert, instead of an OOM crash loop found by users. When the
+version) into a figure in status and an alert, instead of an OOM crash loop found by users. Which pods
+report a replica's figures, and which of them run the current template, is ``MetricsPods``: every pod of a
+single-node Deployment, the leader of each group of a multi-node model. When the
 plan's arguments do not start (OOMKilled, or a crash loop before the first ready probe), the operator
 re-plans once with more headroom; the rule and its limit live here so that they can be tested and
 documented in one place.
@@ -11,13 +13,17 @@ documented in one place.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from qmo.desired.common import Event
+from qmo.desired.common import Event, Manifest
+from qmo.desired.multinode import LABEL_NODE_GROUP, MultiNodeShape, leader_labels
+from qmo.desired.names import DESIRED_HASH_ANNOTATION
+from qmo.desired.serving import selector_labels
 
 # |observed - predicted| / predicted above this is a plan mismatch (PlanVerified=False, and the
 # QuantizedModelPlanMismatch alert when it lasts 15 minutes).
@@ -36,6 +42,8 @@ MIN_UTILIZATION = 0.05
 USAGE_ERROR_EXIT_CODE = 2
 # Restarts before a container that never became ready counts as crash-looping at startup.
 CRASH_LOOP_RESTARTS = 2
+# The container that runs vLLM in every serving pod qmo makes.
+SERVING_CONTAINER = "vllm"
 
 _CACHE_CONFIG = re.compile(r"^vllm:cache_config_info\{(?P<labels>.*)\}\s+\S+\s*$")
 _LABEL = re.compile(r'(?P<name>[A-Za-z_][A-Za-z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
@@ -108,9 +116,119 @@ def observation_due(observed: Mapping[str, Any] | None, *, revision: str, now: s
     return (_parse_time(now) - _parse_time(str(last))).total_seconds() >= period
 
 
-def observation_revision(deployment_hash: str | None, pod_names: Iterable[str]) -> str:
-    """What an observation was made of: the Deployment's desired hash and its ready pods."""
-    return ",".join([deployment_hash or "", *sorted(pod_names)])
+def desired_hash_of(manifest: Mapping[str, Any] | None) -> str:
+    return str(
+        ((manifest or {}).get("metadata", {}).get("annotations") or {}).get(DESIRED_HASH_ANNOTATION, "")
+    )
+
+
+def template_args(template: Mapping[str, Any] | None) -> list[str]:
+    """The vLLM container's args in a pod template or a pod (both have ``spec.containers``)."""
+    for container in ((template or {}).get("spec") or {}).get("containers", []):
+        if container.get("name") == SERVING_CONTAINER:
+            return list(container.get("args") or [])
+    return []
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions", [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+@dataclass(frozen=True)
+class MetricsPods:
+    """Which pods report a model's KV cache on /metrics, and how to tell one that runs the current template.
+
+    A replica's engine, and so its ``vllm:cache_config_info``, lives in one pod: any pod of a single-node
+    Deployment; the leader (node rank 0) of each group of a multi-node model, which runs the engine and the
+    OpenAI server for the whole pipeline. The other nodes of a group run ``--headless``: GPU workers only,
+    no HTTP, so they are never read (their labels do not match ``labels``).
+    """
+
+    template: str
+    """What the pods are made from: the Deployment's desired hash, or one digest of the hashes of a
+    multi-node model's workload objects (a changed group, or a group more or fewer, is a new template)."""
+    labels: Mapping[str, str]
+    """Labels every pod to read carries."""
+    args: Mapping[str, tuple[str, ...]]
+    """The vLLM args a pod of the current template runs, by the value of its ``group_label`` ("" when one
+    template makes every pod)."""
+    group_label: str | None = None
+    role: str = "serving pod"
+    """What the pods read are, in messages."""
+    startup_args: tuple[str, ...] | None = None
+    """The args whose failed start leads to the one re-plan (single-node only; see startup_failure)."""
+
+    def reads(self, pod: Mapping[str, Any]) -> bool:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        return all(labels.get(key) == value for key, value in self.labels.items())
+
+    def runs_current_template(self, pod: Mapping[str, Any]) -> bool:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        group = labels.get(self.group_label, "") if self.group_label else ""
+        expected = self.args.get(group)
+        return expected is not None and template_args(pod) == list(expected)
+
+    def running(self, pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The ready pods to read: leaders (or serving pods) that run the current template."""
+        return [p for p in pods if pod_ready(p) and self.reads(p) and self.runs_current_template(p)]
+
+
+def deployment_metrics_pods(model: str, deployment: Manifest | None) -> MetricsPods | None:
+    """A single-node model's pods: every ready pod of its Deployment serves /metrics."""
+    if deployment is None:
+        return None
+    args = tuple(template_args(deployment["spec"]["template"]))
+    return MetricsPods(
+        template=desired_hash_of(deployment),
+        labels=selector_labels(model),
+        args={"": args},
+        startup_args=args,
+    )
+
+
+def node_groups_template(workloads: Iterable[Mapping[str, Any]]) -> str:
+    """One key for the desired hashes of a multi-node model's workload objects: a single object's own hash
+    (as a Deployment's), else a digest of them all, so the key stays short at any number of groups."""
+    hashes = sorted(desired_hash_of(w) for w in workloads)
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256(",".join(hashes).encode()).hexdigest()[:16]
+
+
+def node_groups_metrics_pods(
+    model: str, shape: MultiNodeShape, node_groups: Sequence[Manifest]
+) -> MetricsPods | None:
+    """A multi-node model's leaders, one per group, and the args each must run.
+
+    "Runs the current template" compares a leader's vLLM args with its own group's template, verbatim:
+    args are what the plan is made of (the same test as a Deployment's pods), and the pods carry them
+    unexpanded (``$(QMO_NODE_RANK)``, ``$(LWS_LEADER_ADDRESS)``), so they equal the template's exactly. The
+    StatefulSet shape's args differ per group (``--master-addr`` names the group's pod 0), so each leader is
+    matched with its own StatefulSet, found by the ``qmo.dev/node-group`` label the template gives its pods.
+    Removing the per-node flags and comparing with one list instead would also hide a change to them (a new
+    master port, another node count). The StatefulSet's controller-revision-hash would do for that shape
+    only: a LeaderWorkerSet publishes no revision in its status to compare a pod's label with. A
+    LeaderWorkerSet's leaders share one template, so one list serves every group.
+    """
+    workloads = [m for m in node_groups if m.get("kind") in ("StatefulSet", "LeaderWorkerSet")]
+    if not workloads:
+        return None
+    if shape == "leaderworkerset":
+        [lws] = workloads
+        leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+        args = {"": tuple(template_args(leader))}
+        group_label = None
+    else:
+        args = {s["metadata"]["name"]: tuple(template_args(s["spec"]["template"])) for s in workloads}
+        group_label = LABEL_NODE_GROUP
+    return MetricsPods(
+        template=node_groups_template(workloads),
+        labels={**selector_labels(model), **leader_labels(shape)},
+        args=args,
+        group_label=group_label,
+        role="leader pod",
+    )
 
 
 @dataclass(frozen=True)

@@ -292,7 +292,7 @@ class ModelReconciler:
             model=snapshot.name,
             old=snapshot.old,
             planned=intent.planned,
-            deployment=serving.deployment,
+            metrics_pods=serving.metrics_pods,
             rolled=serving.rolled and servable,
             ready=serving.ready,
             pods=snapshot.pods

@@ -90,6 +90,19 @@ class PodMetricsScraper:
                     session.get(url) as response,
                 ):
                     response.raise_for_status()
-                    body = await response.content.read(MAX_METRICS_BYTES)
+                    body = await read_capped(response.content, MAX_METRICS_BYTES)
                     return body.decode("utf-8", errors="replace")
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes. ``StreamReader.read(n)`` returns what has arrived so far,
+    not n bytes: one call cut vLLM's /metrics (~45 kB, its cache line near the end) when the body came in
+    pieces, and the figures read as missing."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)

@@ -1,7 +1,8 @@
 """Check the plan against the running vLLM: observed KV tokens, and one re-plan after a failed start.
 
-The decisions are pure (``desired.verification``); this module gathers what they need (the serving pods,
-their ``/metrics``) only when a decision is due, and shapes the result for status.
+The decisions are pure (``desired.verification``); this module gathers what they need (the pods that
+report a replica's figures: a Deployment's pods, a multi-node model's leaders; their ``/metrics``) only
+when a decision is due, and shapes the result for status.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Any
 
 from qmo.api.quantizedmodel import PlanStatus
 from qmo.desired.common import Event
-from qmo.desired.names import DESIRED_HASH_ANNOTATION
-from qmo.desired.serving import selector_labels
 from qmo.desired.verification import (
     MISMATCH_PERCENT,
+    SERVING_CONTAINER,
+    MetricsPods,
     Verification,
     kv_error_percent,
     observation_due,
@@ -24,37 +25,6 @@ from qmo.desired.verification import (
 )
 from qmo.reconcile.kube import Kube, label_selector
 from qmo.reconcile.observe import PodMetricsScraper
-
-SERVING_CONTAINER = "vllm"
-
-
-def deployment_hash(deployment: Mapping[str, Any] | None) -> str:
-    return str(
-        ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(DESIRED_HASH_ANNOTATION, "")
-    )
-
-
-def container_args(deployment: Mapping[str, Any] | None) -> list[str]:
-    for container in (
-        (deployment or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
-    ):
-        if container.get("name") == SERVING_CONTAINER:
-            return list(container.get("args") or [])
-    return []
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions", [])
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _running(pods: Sequence[Mapping[str, Any]], args: Sequence[str]) -> list[Mapping[str, Any]]:
-    """The ready pods that run the current template's arguments."""
-    return [
-        p
-        for p in pods
-        if _ready(p) and any(c.get("args") == list(args) for c in p.get("spec", {}).get("containers", []))
-    ]
 
 
 def observation(
@@ -105,23 +75,24 @@ class PlanVerifier:
         model: str,
         old: Mapping[str, Any],
         planned: PlanStatus,
-        deployment: Mapping[str, Any] | None,
+        metrics_pods: MetricsPods | None,
         rolled: bool,
         ready: int,
         pods: Sequence[Mapping[str, Any]] | None,
         generation: int | None,
         now: str,
     ) -> Verification:
-        """``pods``: the serving pods when the caller listed them already (None: list them if needed)."""
-        current = deployment_hash(deployment)
+        """``metrics_pods``: which pods to read (None while nothing serves); ``ready``: ready replicas (a
+        multi-node model's ready groups, one leader each); ``pods``: the serving pods when the caller listed
+        them already (None: list them if needed)."""
+        current = metrics_pods.template if metrics_pods is not None else ""
         last_read, remembered = self.last.get((namespace, model), ("", None))
         old_observed = remembered or (old.get("plan") or {}).get("observed")
         observed = (
             old_observed if old_observed and old_observed["revision"].split("/")[0] == current else None
         )
         replan = old.get("replan") if (old.get("replan") or {}).get("generation") == generation else None
-        args = container_args(deployment)
-        if deployment is not None and rolled:
+        if metrics_pods is not None and rolled:
             revision = f"{current}/{ready}"
             seen = (
                 {**observed, "scrapedAt": max(str(observed.get("scrapedAt") or ""), last_read)}
@@ -134,18 +105,20 @@ class PlanVerifier:
                     # Before the reads, as the resync timer and an event may verify the same model at once:
                     # the second finds this read already under way and does not read the pods again.
                     self.last[namespace, model] = (last_read, observed)
-                selector = label_selector(selector_labels(model))
+                selector = label_selector(metrics_pods.labels)
                 if pods is None:
                     pods = await self.kube.list("Pod", namespace, label_selector=selector)
-                running = _running(pods, args)
+                running = metrics_pods.running(pods)
                 if len(running) < ready:
-                    # The Deployment's watch said Ready before the pods' watch did: read the pods themselves,
+                    # The workload's watch said Ready before the pods' watch did: read the pods themselves,
                     # or this revision would be recorded with fewer pods than it has and never read again.
                     pods = await self.kube.list("Pod", namespace, label_selector=selector, fresh=True)
-                    running = _running(pods, args)
+                    running = metrics_pods.running(pods)
                 scrape = await self.scraper.scrape(running)
                 errors = (
-                    scrape.errors if running else {"pods": "no ready serving pod runs the current template"}
+                    scrape.errors
+                    if running
+                    else {"pods": f"no ready {metrics_pods.role} runs the current template"}
                 )
                 fresh = observation(
                     scrape.caches, errors, predicted=planned.kv_cache_tokens, revision=revision, now=now
@@ -162,10 +135,11 @@ class PlanVerifier:
         if result.reason == "KVCacheMismatch" and previous.get("reason") != result.reason:
             result.events.append(Event("Warning", "PlanMismatch", result.message))
         started = observed is not None and observed.get("kvCacheTokens") is not None
-        if deployment is None or rolled or started or pods is None:
+        startup_args = metrics_pods.startup_args if metrics_pods is not None else None
+        if startup_args is None or rolled or started or pods is None:
             return result
         # Not rolled out and never seen running under this template: did it fail to start?
-        failure = startup_failure(pods, container=SERVING_CONTAINER, args=args)
+        failure = startup_failure(pods, container=SERVING_CONTAINER, args=startup_args)
         if failure is None:
             return result
         utilization = planned.gpu_memory_utilization or 0.9
