@@ -179,6 +179,10 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
     )
 
 
+POOL_WAIT_S = 300.0
+"""The longest a call waits for a free connection (and then to connect) before it fails."""
+
+
 class Kube:
     """The API verbs qmo uses. Create it inside the running event loop (never at import time)."""
 
@@ -202,7 +206,12 @@ class Kube:
             base_url=credentials.server,
             headers=headers,
             connector=aiohttp.TCPConnector(ssl=context, limit=32),
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            # The API server's answer is bounded (``timeout`` between reads), not the whole call: a call
+            # that waits for one of the 32 connections while a large fleet converges is not a failure, and
+            # failing it after 30 s made the reconcile retry and add to the load (1,000 models).
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=POOL_WAIT_S, sock_connect=timeout, sock_read=timeout
+            ),
         )
         self.requests: Counter[str] = Counter()
         """Requests sent, by verb."""
