@@ -44,7 +44,7 @@ lint: venv
 
 # Everything: lint, pure unit tests, the quantizer on CPU, real vLLM on CPU, and the real control plane.
 test: prereqs tools lint
-	$(PY) -m pytest -n 2 --dist loadgroup tests
+	$(PY) -m pytest -n 2 tests
 
 test-unit: venv tools
 	$(PY) -m pytest tests/unit

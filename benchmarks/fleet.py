@@ -189,9 +189,15 @@ def run(
                 timeout=1200,
             )
 
+            progress = {"printed": started}
+
             def all_ready() -> bool:
                 listed = json.loads(cluster.kubectl("get", "qm", "-n", "fleet", "-o", "json").stdout)["items"]
                 ready = sum(1 for m in listed if m.get("status", {}).get("phase") == "Ready")
+                now = time.monotonic()
+                if now - progress["printed"] >= 30:  # a long run shows it is moving
+                    progress["printed"] = now
+                    print(f"  {now - started:6.0f} s: {ready}/{count} Ready", flush=True)
                 return ready == count
 
             wait_for(all_ready, timeout=3600, interval=2, description=f"{count} models Ready")

@@ -1,34 +1,46 @@
-"""Shared test configuration: every test is marked with its tier from the folder it lives in, and with the
-pytest-xdist group it runs in (``make test`` runs two workers)."""
+"""Shared test configuration: every test is marked with its tier from the folder it lives in, and ``make
+test``'s two pytest-xdist workers are handed whole files, the real-vLLM files together."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 TIERS = ("unit", "cluster", "worker", "serving", "gpu")
 
 # Tests that start a real vLLM (about 4.5 GiB, and most of both cores while it starts) run one after
-# another in one group, so one server runs at a time; they are most of the run's time, so they go first.
-# Every other test runs beside them, a file at a time per worker: a file's module-scoped fixtures (a
+# another on one worker, so one server runs at a time; they are most of the run's time, so they go first.
+# Every other file runs beside them, a whole file per worker: a file's module-scoped fixtures (a
 # quantized model, a private sandbox) are made once. The cluster tests mostly wait on the API server and
 # the operator, which is the time the other worker uses.
 REAL_VLLM = ("tests/serving/", "tests/cluster/test_real_node.py", "tests/cluster/test_sandbox.py")
-REAL_VLLM_GROUP = "real-vllm"
+REAL_VLLM_SCOPE = "real-vllm"
 
 
-def xdist_group(item: pytest.Item) -> str:
-    path = item.nodeid.split("::")[0]
-    return REAL_VLLM_GROUP if path.startswith(REAL_VLLM) else path
+def scope_of(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return REAL_VLLM_SCOPE if path.startswith(REAL_VLLM) else path
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    # xdist's own --dist loadgroup marks items by rewriting their node ids, which pytest 9.2 no longer
+    # reads; a scheduler that scopes by file is xdist's supported hook for this.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileRealVllmTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return ByFileRealVllmTogether(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
         for tier in TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-    items.sort(key=lambda item: xdist_group(item) != REAL_VLLM_GROUP)
+    # xdist hands out scopes in the order their first test was collected: the longest first.
+    items.sort(key=lambda item: scope_of(item.nodeid) != REAL_VLLM_SCOPE)
