@@ -1,8 +1,9 @@
 """``qmo sandbox``: a local Kubernetes control plane with fake GPU nodes, offline, no Docker.
 
-``build`` compiles the pinned binaries once into ~/.cache/qmo; ``up`` starts (or finds running) the
-sandbox and prints how to use it; ``down`` stops it and removes its state; ``status`` says what runs;
-``kubeconfig`` and ``env`` print what a shell needs; ``demo`` walks through the sandbox step by step.
+``build`` compiles the pinned binaries once into ~/.cache/qmo (``build --keda``: KEDA, opt-in); ``up``
+starts (or finds running) the sandbox and prints how to use it; ``down`` stops it and removes its state;
+``status`` says what runs; ``kubeconfig`` and ``env`` print what a shell needs; ``demo`` walks through the
+sandbox step by step.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds `up` waits for readiness")
     parser.add_argument(
+        "--keda",
+        action="store_true",
+        help="build: KEDA's operator and metrics adapter instead (opt-in, minutes; same as `make keda`)",
+    )
+    parser.add_argument(
         "words",
         nargs="*",
         metavar="ARG",
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     sandbox = Sandbox(paths, fleet=fleet)
     try:
         if action == "build":
-            return sandbox.build_command()
+            return sandbox.build_command(keda=args.keda)
         if action == "up":
             return sandbox.up_command(timeout=args.timeout)
         if action == "down":
