@@ -225,16 +225,17 @@ def test_keda_scales_on_vllm_load_to_zero_and_back_and_qmo_never_fights_it(
         timeout=KEDA_POLLING_SECONDS + 30,
         description="the ScaledObject to be inactive",
     )
-    at_zero = wait_for(
+    # Ready at zero once the pods are gone (Deploying while they terminate).
+    wait_for(
         lambda: (
             (s := (k.get("qm", name) or {}).get("status", {})).get("autoscaling", {}).get("desiredReplicas")
             == 0
-            and s
+            and s.get("ready") == "0/0"
+            and s.get("phase") == "Ready"
         ),
         timeout=60,
-        description="status to report zero replicas",
+        description="status to report zero replicas, Ready",
     )
-    assert at_zero["phase"] == "Ready", at_zero
     holds(lambda: replicas(k, name) == 0, seconds=5, description="zero replicas while idle")
     assert "qmo" not in replica_owners(k.get_with_managed_fields("deployment", f"{name}-vllm"))
 

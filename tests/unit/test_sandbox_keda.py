@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from qmo.commands.sandbox import keda_command
 from qmo.sandbox import build, keda, versions
+from qmo.sandbox.local import Sandbox
 from qmo.sandbox.prometheus import PrometheusStandIn
 from qmo.sandbox.versions import CachePaths
 from qmo.sandbox.wait import StoppedHolding, holds
@@ -132,3 +134,17 @@ def test_the_build_entry_point_reports_a_warm_keda_build(
     fake_build(CachePaths(tmp_path))
     assert build.main(["--keda"]) == 0
     assert "cached; the cold build took 300 s" in capsys.readouterr().out
+
+
+def test_qmo_sandbox_build_keda_and_qmo_sandbox_keda_without_a_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox = Sandbox(CachePaths(tmp_path))
+    # Without a build, `qmo sandbox keda` says how to get one before it looks for a sandbox.
+    assert keda_command(sandbox) == 1
+    assert "`make keda`" in capsys.readouterr().err
+    fake_build(sandbox.paths)
+    assert sandbox.build_command(keda=True) == 0
+    assert "cached; the cold build took 300 s" in capsys.readouterr().out
+    assert keda_command(sandbox) == 1
+    assert "the sandbox is not running" in capsys.readouterr().err

@@ -6,6 +6,9 @@ the cache that requires it and replaces every staging module with its published 
 is built from the same module graph (the version Kubernetes itself pins). kwok and helm build from their own
 go.mod with ``go install pkg@version``. The stamp is written last: binaries without a stamp are a broken
 build and are rebuilt; a stamp with all binaries present means a warm start never touches ``go``.
+
+KEDA (``build_keda``, ``make keda``) is opt-in and cached the same way in a directory of its own: only its
+cluster test and ``qmo sandbox keda`` need it, and it is about 320 modules.
 """
 
 from __future__ import annotations

@@ -259,6 +259,16 @@ class Keda:
             *(f"-f={self.config_dir / path}" for path in reversed(INSTALL_FILES)), check=False,
         )  # fmt: skip
 
+    def wait(self) -> str:
+        """Block until one of KEDA's processes exits and return its name (a foreground run: Ctrl-C)."""
+        while True:
+            for name, process in self.processes.items():
+                try:
+                    process.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    continue
+                return name
+
     def log_tail(self, name: str, lines: int = 40) -> str:
         try:
             return "\n".join(self.log(name).read_text(errors="replace").splitlines()[-lines:])
