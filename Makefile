@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv tools vllm prereqs test test-unit test-cluster test-worker test-serving lint demo sandbox-build clean
+.PHONY: venv tools vllm prereqs test test-unit test-cluster test-worker test-serving lint demo sandbox-build keda clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,12 @@ vllm:
 # Builds the pinned control-plane binaries once into ~/.cache/qmo (a warm cache does not rebuild).
 sandbox-build:
 	PYTHONPATH=operator $(PYTHON) -m qmo.sandbox.build
+
+# KEDA's operator and metrics adapter, opt-in (about 320 modules, minutes on 2 cores), once into
+# ~/.cache/qmo/bin/keda-<version>: tests/cluster/test_keda_on_cluster.py runs real KEDA with it and is
+# skipped without it. Neither `make test` nor CI builds it.
+keda:
+	PYTHONPATH=operator $(PYTHON) -m qmo.sandbox.build --keda
 
 # All three at once on a fresh machine: the Go build is CPU-bound and the longest, the two Python
 # environments mostly download and link.

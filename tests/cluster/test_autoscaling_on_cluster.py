@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +20,12 @@ from kubernetes import client
 from qmo.sandbox.custom_metrics import CustomMetricsStandIn
 from qmo.sandbox.harness import HubStandIn, OperatorProcess
 from qmo.sandbox.harness import quantized_model as model
-from qmo.sandbox.testing import Kube, SessionCluster
-from qmo.sandbox.wait import wait_for
+from qmo.sandbox.testing import Kube, SessionCluster, replica_owners
+from qmo.sandbox.wait import holds, wait_for
 
 RUNNING = "vllm:num_requests_running"
 KEDA_CRD = Path(__file__).parent / "data" / "keda" / "keda.sh_scaledobjects.yaml"
 STAND_IN_NAMESPACE = "qmo-custom-metrics"
-
-
-def holds(predicate: Callable[[], bool], *, seconds: float, description: str) -> None:
-    """Assert that ``predicate`` stays true for ``seconds`` (an observation window, not a wait)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate(), f"{description} stopped holding"
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +57,6 @@ def custom_metrics(cluster: SessionCluster, admin_client: client.ApiClient) -> I
 def replicas(k: Kube, name: str) -> int | None:
     deployment = k.get("deployment", f"{name}-vllm")
     return None if deployment is None else deployment["spec"].get("replicas")
-
-
-def with_managed_fields(k: Kube, name: str) -> dict[str, Any]:
-    """The Deployment with its managedFields (kubectl leaves them out unless asked)."""
-    found = k.cluster.kubectl(
-        "get", "deployment", name, "-n", k.namespace, "-o", "json", "--show-managed-fields"
-    )
-    return dict(json.loads(found.stdout))
-
-
-def replica_owners(deployment: dict[str, Any]) -> set[str]:
-    assert "managedFields" in deployment["metadata"], "read with --show-managed-fields"
-    return {
-        entry["manager"]
-        for entry in deployment["metadata"].get("managedFields") or []
-        if "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {})
-    }
 
 
 def test_server_side_apply_drops_a_released_replica_count_unless_another_manager_holds_it(k: Kube) -> None:
@@ -126,7 +101,7 @@ def test_the_hpa_scales_on_vllm_load_and_qmo_never_fights_it(
     name = "scaled"
     k.apply(model(name, serving={"replicas": 2}))
     k.wait_phase(name, "Ready")
-    before = with_managed_fields(k, f"{name}-vllm")
+    before = k.get_with_managed_fields("deployment", f"{name}-vllm")
     assert replica_owners(before) == {"qmo"}
 
     # Turn autoscaling on with a load the 2 replicas already match (4 running / target 2): the count qmo
@@ -142,7 +117,7 @@ def test_the_hpa_scales_on_vllm_load_and_qmo_never_fights_it(
     k.apply(model(name, serving={"replicas": 2, "autoscaling": autoscaling}))
 
     def handed_over() -> dict[str, Any] | None:
-        found = with_managed_fields(k, f"{name}-vllm")
+        found = k.get_with_managed_fields("deployment", f"{name}-vllm")
         return found if "qmo" not in replica_owners(found) else None
 
     handed = wait_for(handed_over, timeout=60, description="qmo to release spec.replicas")
@@ -206,7 +181,7 @@ def test_the_hpa_scales_on_vllm_load_and_qmo_never_fights_it(
         description="the model Ready at 2/2",
     )
     assert "autoscaling" not in final
-    assert "qmo" in replica_owners(with_managed_fields(k, f"{name}-vllm"))
+    assert "qmo" in replica_owners(k.get_with_managed_fields("deployment", f"{name}-vllm"))
 
 
 @pytest.fixture
@@ -275,7 +250,7 @@ def test_with_keda_a_scaled_object_the_api_server_accepts_and_without_it_an_hpa(
         description="status.autoscaling",
     )
     assert status["autoscaling"]["autoscaler"] == "ScaledObject" and status["autoscaling"]["minReplicas"] == 0
-    assert "qmo" not in replica_owners(with_managed_fields(k, f"{name}-vllm"))
+    assert "qmo" not in replica_owners(k.get_with_managed_fields("deployment", f"{name}-vllm"))
 
     # KEDA uninstalled: within the discovery cache's second the model moves to an HPA, without scale to zero.
     cluster.kubectl("delete", "crd", "scaledobjects.keda.sh", "--wait=true")

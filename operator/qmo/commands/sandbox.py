@@ -1,22 +1,25 @@
 """``qmo sandbox``: a local Kubernetes control plane with fake GPU nodes, offline, no Docker.
 
-``build`` compiles the pinned binaries once into ~/.cache/qmo; ``up`` starts (or finds running) the
-sandbox and prints how to use it; ``down`` stops it and removes its state; ``status`` says what runs;
-``kubeconfig`` and ``env`` print what a shell needs; ``demo`` walks through the sandbox step by step.
+``build`` compiles the pinned binaries once into ~/.cache/qmo (``build --keda``: KEDA, opt-in); ``up``
+starts (or finds running) the sandbox and prints how to use it; ``down`` stops it and removes its state;
+``status`` says what runs; ``kubeconfig`` and ``env`` print what a shell needs; ``demo`` walks through the
+sandbox step by step; ``keda`` runs KEDA (once built) against the running sandbox until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from qmo.sandbox import build, nodes
+from qmo.sandbox import build, nodes, versions
 from qmo.sandbox.ask import AskError, ask, container_log
+from qmo.sandbox.keda import Keda
 from qmo.sandbox.local import Sandbox
 from qmo.sandbox.testing import SessionCluster
 from qmo.sandbox.versions import CachePaths
 
-ACTIONS = ("build", "up", "down", "status", "kubeconfig", "env", "demo", "ask", "logs")
+ACTIONS = ("build", "up", "down", "status", "kubeconfig", "env", "demo", "ask", "logs", "keda")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"or ${nodes.FLEET_ENV}); known GPUs: {', '.join(sorted(nodes.GPU_TYPES))}",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds `up` waits for readiness")
+    parser.add_argument(
+        "--keda",
+        action="store_true",
+        help="build: KEDA's operator and metrics adapter instead (opt-in, minutes; same as `make keda`)",
+    )
     parser.add_argument(
         "words",
         nargs="*",
@@ -53,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     sandbox = Sandbox(paths, fleet=fleet)
     try:
         if action == "build":
-            return sandbox.build_command()
+            return sandbox.build_command(keda=args.keda)
         if action == "up":
             return sandbox.up_command(timeout=args.timeout)
         if action == "down":
@@ -66,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             return sandbox.env_command()
         if action in ("ask", "logs"):
             return node_command(sandbox, args)
+        if action == "keda":
+            return keda_command(sandbox)
         from qmo.sandbox.demo import run_demo
 
         return run_demo(sandbox, timeout=args.timeout)
@@ -105,3 +115,36 @@ def node_command(sandbox: Sandbox, args: argparse.Namespace) -> int:
     )
     print(answer.text.strip())
     return 0
+
+
+def keda_command(sandbox: Sandbox) -> int:
+    """``keda``: KEDA's operator and metrics adapter against the running sandbox, in the foreground; Ctrl-C
+    (or SIGTERM) stops them and uninstalls KEDA (its CRDs with every ScaledObject)."""
+    paths = sandbox.paths
+    if build.read_keda_stamp(paths) is None:
+        print(
+            "qmo sandbox keda: KEDA is not built: `make keda` (or `qmo sandbox build --keda`)",
+            file=sys.stderr,
+        )
+        return 1
+    plane = sandbox.control_plane
+    if not plane.attach():
+        print("qmo sandbox keda: the sandbox is not running (`qmo sandbox up`)", file=sys.stderr)
+        return 1
+    # Under the sandbox's directory, so `qmo sandbox down` removes what is left of it.
+    keda = Keda(SessionCluster.of(plane, paths.bin_dir), paths.keda_bin_dir, plane.directory / "keda")
+    print(f"starting KEDA {versions.KEDA_VERSION} (logs in {keda.directory}) ...")
+    with keda:
+        print(
+            "KEDA is running; ScaledObjects scale now. qmo renders them when it has a Prometheus address: "
+            "qmo run --prometheus-url URL. Ctrl-C stops and uninstalls KEDA."
+        )
+        # SIGTERM stops it as Ctrl-C does (a backgrounded shell job ignores SIGINT).
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            exited = keda.wait()
+        except KeyboardInterrupt:
+            print("stopping KEDA ...")
+            return 0
+    print(f"qmo sandbox keda: {exited} exited:\n{keda.log_tail(exited)}", file=sys.stderr)
+    return 1

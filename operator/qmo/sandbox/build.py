@@ -6,10 +6,14 @@ the cache that requires it and replaces every staging module with its published 
 is built from the same module graph (the version Kubernetes itself pins). kwok and helm build from their own
 go.mod with ``go install pkg@version``. The stamp is written last: binaries without a stamp are a broken
 build and are rebuilt; a stamp with all binaries present means a warm start never touches ``go``.
+
+KEDA (``build_keda``, ``make keda``) is opt-in and cached the same way in a directory of its own: only its
+cluster test and ``qmo sandbox keda`` need it, and it is about 320 modules.
 """
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import contextlib
 import fcntl
@@ -28,6 +32,7 @@ from qmo.sandbox import versions
 from qmo.sandbox.versions import CachePaths
 
 BUILD_MODULE = "qmo.dev/sandbox-build"
+KEDA_BUILD_MODULE = "qmo.dev/sandbox-keda-build"
 # The release date of k8s.io/kubernetes v1.37.2 (from the proxy's .info), stamped as buildDate.
 KUBERNETES_BUILD_DATE = "2026-10-27T12:01:04Z"
 
@@ -118,10 +123,10 @@ def read_stamp(paths: CachePaths) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def build_lock(paths: CachePaths) -> Iterator[None]:
-    """One build at a time per cache (``make test`` and a pytest session may race for it)."""
+def build_lock(paths: CachePaths, name: str = "build") -> Iterator[None]:
+    """One build of a kind at a time per cache (``make test`` and a pytest session may race for it)."""
     paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.root / ".build.lock", "w") as lock:
+    with open(paths.root / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -196,7 +201,7 @@ def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
     # the other lane's kwok and helm use the idle core. Each step writes its own log.
     lanes = [steps[:2], steps[2:]]
     with concurrent.futures.ThreadPoolExecutor(len(lanes)) as pool:
-        for failure in pool.map(lambda lane: _run_lane(lane, paths, env, timings, out), lanes):
+        for failure in pool.map(lambda lane: _run_lane(lane, paths.build_log, env, timings, out), lanes):
             if failure is not None:
                 raise failure
     total = round(time.monotonic() - total_started, 1)
@@ -219,13 +224,13 @@ def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
     return stamp
 
 
-def step_log(paths: CachePaths, step: str) -> Path:
-    return paths.build_log.with_name(f"{paths.build_log.name.removesuffix('.log')}.{step}.log")
+def step_log(build_log: Path, step: str) -> Path:
+    return build_log.with_name(f"{build_log.name.removesuffix('.log')}.{step}.log")
 
 
 def _run_lane(
     lane: list[tuple[str, list[str], Path]],
-    paths: CachePaths,
+    build_log: Path,
     env: dict[str, str],
     timings: dict[str, float],
     out: TextIO,
@@ -233,7 +238,7 @@ def _run_lane(
     """Run a lane's steps in order; the first failure, with the tail of its log, or None."""
     for name, command, cwd in lane:
         print(f"sandbox build: {name} ...", file=out, flush=True)
-        log_path = step_log(paths, name)
+        log_path = step_log(build_log, name)
         with open(log_path, "w") as log:
             log.write(f"== {name}: {' '.join(command)}\n")
             log.flush()
@@ -249,18 +254,139 @@ def _run_lane(
     return None
 
 
-def main() -> int:
-    """``make sandbox-build``. Standard library only, so make runs it with the system Python beside the
-    installs of ``.venv`` and the engine: on a fresh machine the Go build is the longest step, and it starts
-    first."""
+def keda_go_mod_text() -> str:
+    """The scratch go.mod that builds KEDA: KEDA required, its own replace and exclude lines repeated."""
+    replaces = "\n".join(f"replace {line}" for line in versions.KEDA_REPLACES)
+    excludes = "\n".join(f"exclude {line}" for line in versions.KEDA_EXCLUDES)
+    return (
+        f"module {KEDA_BUILD_MODULE}\n\n"
+        "go 1.26.0\n\n"
+        f"require {versions.KEDA_MODULE} {versions.KEDA_VERSION}\n\n"
+        f"{replaces}\n\n{excludes}\n"
+    )
+
+
+def keda_ldflags() -> str:
+    """The version KEDA logs at start and reports in its metrics, as its own Makefile stamps it."""
+    package = f"{versions.KEDA_MODULE}/version"
+    return f"-s -w -X {package}.Version={versions.KEDA_VERSION.lstrip('v')} -X {package}.GitCommit=module"
+
+
+def keda_module_dir(paths: CachePaths) -> Path:
+    return paths.gomodcache / f"{versions.KEDA_MODULE}@{versions.KEDA_VERSION}"
+
+
+def read_keda_stamp(paths: CachePaths) -> dict[str, Any] | None:
+    """The stamp of a complete KEDA build of this version (binaries and CRDs there), or None."""
     try:
-        result = build()
+        stamp: dict[str, Any] = json.loads(paths.keda_stamp.read_text())
+    except (OSError, ValueError):
+        return None
+    if stamp.get("key") != versions.keda_key():
+        return None
+    if not all(os.access(paths.keda_bin_dir / name, os.X_OK) for name in versions.KEDA_COMMANDS):
+        return None
+    if not any((paths.keda_config_dir / "crd" / "bases").glob("*.yaml")):
+        return None
+    return stamp
+
+
+def build_keda(paths: CachePaths | None = None, *, jobs: int = 2, out: TextIO = sys.stdout) -> BuildResult:
+    """Build KEDA's operator and metrics adapter unless this version's build is already cached.
+
+    Opt-in (``make keda``): about 320 modules and minutes of compiling that only the KEDA cluster test and
+    someone trying KEDA in the sandbox need.
+    """
+    paths = paths or CachePaths.default()
+    started = time.monotonic()
+    stamp = read_keda_stamp(paths)
+    if stamp is not None:
+        return BuildResult(paths.keda_bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp)
+    with build_lock(paths, "keda-build"):
+        stamp = read_keda_stamp(paths)
+        if stamp is not None:
+            return BuildResult(
+                paths.keda_bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp
+            )
+        if shutil.which("go") is None:
+            raise BuildError("KEDA is built from Go modules, but `go` is not on PATH")
+        stamp = _cold_keda_build(paths, jobs=jobs, out=out)
+    return BuildResult(paths.keda_bin_dir, built=True, seconds=time.monotonic() - started, stamp=stamp)
+
+
+def _cold_keda_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
+    bin_dir = paths.keda_bin_dir
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    paths.keda_stamp.unlink(missing_ok=True)
+    module_dir = paths.keda_src_dir
+    module_dir.mkdir(parents=True, exist_ok=True)
+    (module_dir / "go.mod").write_text(keda_go_mod_text())
+    (module_dir / "go.sum").unlink(missing_ok=True)
+    env = go_env(paths)
+    packages = [f"{versions.KEDA_MODULE}/{package}" for package in versions.KEDA_COMMANDS.values()]
+    # `go get` resolves the graph from KEDA's go.mod (the same versions its release uses) and downloads
+    # it; the build then compiles both commands at once, and go names them after their directories.
+    steps: list[tuple[str, list[str], Path]] = [
+        ("keda-modules", ["go", "get", *(f"{package}@{versions.KEDA_VERSION}" for package in packages)], module_dir),
+        (
+            "keda-compile",
+            [
+                "go", "build", "-mod=mod", "-p", str(jobs), "-trimpath", "-ldflags", keda_ldflags(),
+                "-o", str(module_dir / "bin") + "/", *packages,
+            ],
+            module_dir,
+        ),
+    ]  # fmt: skip
+    timings: dict[str, float] = {}
+    total_started = time.monotonic()
+    paths.keda_build_log.write_text(
+        f"== cold build of {versions.keda_key()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ')}\n"
+        f"== one log per step beside this one: {paths.keda_build_log.name.removesuffix('.log')}.<step>.log\n"
+    )
+    failure = _run_lane(steps, paths.keda_build_log, env, timings, out)
+    if failure is not None:
+        raise failure
+    for name, package in versions.KEDA_COMMANDS.items():
+        os.replace(module_dir / "bin" / Path(package).name, bin_dir / name)
+    # The CRDs and RBAC come with the binaries, so the Go caches stay removable once the stamp exists.
+    shutil.rmtree(paths.keda_config_dir, ignore_errors=True)
+    # copyfile, not copy2: the module cache is read-only, and a copy that keeps that mode is a nuisance to remove.
+    shutil.copytree(keda_module_dir(paths) / "config", paths.keda_config_dir, copy_function=shutil.copyfile)
+    total = round(time.monotonic() - total_started, 1)
+    go_version = subprocess.run(["go", "version"], env=env, capture_output=True, text=True).stdout.strip()
+    stamp = {
+        "key": versions.keda_key(),
+        "keda": versions.KEDA_VERSION,
+        "go": go_version,
+        "jobs": jobs,
+        "cpus": os.cpu_count(),
+        "seconds": total,
+        "steps": timings,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    paths.keda_stamp.write_text(json.dumps(stamp, indent=2) + "\n")
+    print(f"sandbox build: KEDA built in {total:.0f} s into {bin_dir}", file=out, flush=True)
+    return stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make sandbox-build`` (and ``make keda`` with ``--keda``). Standard library only, so make runs it
+    with the system Python beside the installs of ``.venv`` and the engine: on a fresh machine the Go build
+    is the longest step, and it starts first."""
+    parser = argparse.ArgumentParser(prog="python -m qmo.sandbox.build")
+    parser.add_argument(
+        "--keda", action="store_true", help=f"build KEDA {versions.KEDA_VERSION} (opt-in) instead"
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = build_keda() if args.keda else build()
     except BuildError as error:
         print(f"qmo sandbox build: {error}", file=sys.stderr)
         return 1
+    key = versions.keda_key() if args.keda else versions.versions_key()
     seconds = result.stamp.get("seconds", 0)
     if result.built:
-        print(f"built {versions.versions_key()} in {seconds:.0f} s")
+        print(f"built {key} in {seconds:.0f} s")
     else:
         print(f"binaries: {result.bin_dir} (cached; the cold build took {seconds:.0f} s)")
     return 0

@@ -143,7 +143,7 @@ class State:
         return cls(**raw)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the thread that spawned it exits (Linux only).
 
     The kernel ties the signal to the spawning *thread*, so ephemeral control planes must be started from a
@@ -457,7 +457,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.ephemeral else None,
+                preexec_fn=die_with_parent if self.ephemeral else None,
             )
         finally:
             log.close()

@@ -93,6 +93,13 @@ class Kube:
         result = self.cluster.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
         return json.loads(result.stdout) if result.returncode == 0 else None
 
+    def get_with_managed_fields(self, kind: str, name: str) -> dict[str, Any]:
+        """The object with its managedFields (kubectl leaves them out unless asked)."""
+        found = self.cluster.kubectl(
+            "get", kind, name, "-n", self.namespace, "-o", "json", "--show-managed-fields"
+        )
+        return dict(json.loads(found.stdout))
+
     def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
         args = ["get", kind, "-n", self.namespace, "-o", "json"]
         if selector:
@@ -131,6 +138,16 @@ class Kube:
         model = wait_for(reached, timeout=timeout, description=f"QuantizedModel {name} to be {phase}")
         assert model is not None  # wait_for returns only a truthy result
         return model
+
+
+def replica_owners(workload: dict[str, Any]) -> set[str]:
+    """The field managers that own a workload's spec.replicas (read with Kube.get_with_managed_fields)."""
+    assert "managedFields" in workload["metadata"], "read with --show-managed-fields"
+    return {
+        entry["manager"]
+        for entry in workload["metadata"].get("managedFields") or []
+        if "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {})
+    }
 
 
 @contextmanager

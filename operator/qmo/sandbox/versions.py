@@ -57,6 +57,20 @@ STAGING_MODULES = (
     "streaming",
 )
 
+# KEDA (opt-in, `make keda`): its operator and metrics adapter, built from its Go module like the rest.
+# v2.21.1 needs Go 1.27.4; v2.21.0 builds with the sandbox's Go 1.26.
+KEDA_VERSION = "v2.21.0"
+KEDA_MODULE = "github.com/kedacore/keda/v2"
+# replace and exclude apply only in the main module, so a module that requires KEDA repeats KEDA's own:
+# temporal's SDK needs a licensed nexus-proto-annotations, and chi v5.2.3 is kept out of the graph.
+KEDA_REPLACES = (
+    "github.com/nexus-rpc/nexus-proto-annotations v0.1.0 => "
+    "github.com/nexus-rpc/nexus-proto-annotations v0.1.1-0.20260629224316-835bd8d49cb4",
+)
+KEDA_EXCLUDES = ("github.com/go-chi/chi/v5 v5.2.3",)
+# binary name -> KEDA's package (its images call them keda and keda-adapter; here both say what they are).
+KEDA_COMMANDS = {"keda-operator": "cmd/operator", "keda-adapter": "cmd/adapter"}
+
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 BINARIES = (*KUBERNETES_COMMANDS, "etcd", "kwok", "helm")
 
@@ -64,6 +78,11 @@ BINARIES = (*KUBERNETES_COMMANDS, "etcd", "kwok", "helm")
 def versions_key() -> str:
     """The cache directory name: every pinned version, so a bump never reuses an old binary."""
     return f"k8s-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSION}"
+
+
+def keda_key() -> str:
+    """KEDA's cache directory name: a build of its own, beside the control plane's."""
+    return f"keda-{KEDA_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -104,3 +123,24 @@ class CachePaths:
     @property
     def sandbox_dir(self) -> Path:
         return self.root / "sandbox"
+
+    @property
+    def keda_bin_dir(self) -> Path:
+        """KEDA's binaries, its ``config/`` (CRDs, RBAC) copied from the module, and its stamp."""
+        return self.root / "bin" / keda_key()
+
+    @property
+    def keda_src_dir(self) -> Path:
+        return self.root / "src" / keda_key()
+
+    @property
+    def keda_stamp(self) -> Path:
+        return self.keda_bin_dir / "build-stamp.json"
+
+    @property
+    def keda_build_log(self) -> Path:
+        return self.keda_bin_dir.parent / f"{keda_key()}.build.log"
+
+    @property
+    def keda_config_dir(self) -> Path:
+        return self.keda_bin_dir / "config"

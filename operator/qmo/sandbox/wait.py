@@ -1,7 +1,8 @@
 """Wait for a condition with a deadline, never a fixed sleep.
 
 Used by the sandbox itself (is the apiserver ready?) and by every cluster test (is the Job Complete?).
-A timeout fails with what was awaited and the last thing seen, so a red test explains itself.
+A timeout fails with what was awaited and the last thing seen, so a red test explains itself. ``holds`` is
+the opposite check: something stays true for a whole observation window (an autoscaler does not flap).
 """
 
 from __future__ import annotations
@@ -50,4 +51,24 @@ def wait_for(
         if time.monotonic() >= deadline:
             seen = f"last error: {last_error!r}" if last_error is not None else f"last value: {last_value!r}"
             raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {description} ({seen})")
+        time.sleep(interval)
+
+
+class StoppedHolding(AssertionError):
+    """The condition stopped holding within the observation window."""
+
+
+def holds(predicate: Callable[[], T], *, seconds: float, interval: float = 0.5, description: str) -> T:
+    """Check that ``predicate`` stays truthy for ``seconds`` (an observation window, not a wait); return
+    its last value, or raise StoppedHolding with the value that broke it and when."""
+    started = time.monotonic()
+    while True:
+        value = predicate()
+        if not value:
+            raise StoppedHolding(
+                f"{description} stopped holding after {time.monotonic() - started:.1f} s of {seconds:.0f} "
+                f"(value: {value!r})"
+            )
+        if time.monotonic() - started >= seconds:
+            return value
         time.sleep(interval)
