@@ -287,10 +287,18 @@ def test_an_unchanged_model_causes_no_writes(k: Kube, operator: OperatorProcess)
             operator.metric_value("qmo_api_requests_total", verb=verb) for verb in ("POST", "PATCH", "DELETE")
         )
 
+    def write_counts() -> dict[str, float]:
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in operator.metrics().splitlines()
+            if line.startswith("qmo_api_requests_total{")
+            and any(v in line for v in ("POST", "PATCH", "DELETE"))
+        }
+
     def quiet_window() -> bool:
         """Three resyncs of every model with no write at all. Earlier tests' namespaces may still be
         terminating (their deletions are writes), so retry the window until they are gone."""
-        before, writes_before = versions(), writes()
+        before, writes_before, counts_before = versions(), writes(), write_counts()
         reconciles = operator.metric_value("qmo_reconcile_duration_seconds_count", kind="QuantizedModel")
         wait_for(
             lambda: (
@@ -302,7 +310,14 @@ def test_an_unchanged_model_causes_no_writes(k: Kube, operator: OperatorProcess)
         )
         assert versions() == before, "a resync changed an object of an unchanged model"
         # Not even a no-op PATCH: every write request the operator sends is counted, changed or not.
-        return writes() == writes_before
+        if writes() != writes_before:
+            # Which writes (verb, resource): the window is retried, and a failure shows the last ones.
+            print(
+                "writes in the window:",
+                {k: v for k, v in write_counts().items() if v != counts_before.get(k)},
+            )
+            return False
+        return True
 
     wait_for(quiet_window, timeout=120, interval=0, description="a resync window with no writes")
 

@@ -188,6 +188,13 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
                     try:
                         outcome = await reconcile(body)
                         break
+                    except RetryLater:
+                        # A body from the watch cache (a child's event woke its owner) may predate the
+                        # owner's deletion: a model being deleted has nothing to wait for, and its
+                        # artifact being evicted is no error. Only this rare path pays a fresh read.
+                        if await current(kind, body) is None:
+                            return Outcome(phase=GONE)
+                        raise
                     except ApiError as error:
                         # 409: the status was computed from an old body (see status_write); decide again
                         # from the object as it is now.
