@@ -90,8 +90,17 @@ def keda_model(
             print(f"--- operator ---\n{process.log_tail()}")
             for name in keda.processes:
                 print(f"--- {name} ---\n{keda.log_tail(name)}")
-            # Deleted while qmo and KEDA run: the model's and the ScaledObject's finalizers need them.
-            cluster.kubectl("delete", "namespace", namespace, "--timeout=90s", check=False)
+            # Deleted while qmo and KEDA run: the model's and the ScaledObject's finalizers need them. The
+            # namespace controller also walks every served API, KEDA's external metrics included, which
+            # is slow on a busy machine; a namespace left terminating would keep the session's operator
+            # busy in the tests after this one, so wait until it is gone.
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+            wait_for(
+                lambda: cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0,
+                timeout=240,
+                interval=1,
+                description=f"namespace {namespace} to be deleted",
+            )
             process.stop()
 
 
