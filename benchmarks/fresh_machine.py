@@ -34,7 +34,7 @@ MILESTONES = (
     (".venv installed", "touch .venv/.installed-"),
     ("sandbox started", "started a fresh sandbox"),
     ("H100 example planned", "vLLM runs with: "),
-    ("tiny model answered", " ->"),
+    ("tiny model answered", "the quick brown fox ->"),  # the demo prints its prompt, "->", the answer
 )
 
 
