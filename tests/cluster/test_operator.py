@@ -673,7 +673,9 @@ def test_a_failed_quality_gate_holds_the_rollout_and_thresholds_alone_re_decide(
         timeout=30,
         description="the quality-gate metric to say blocked",
     )
-    jobs = len(k.list("jobs"))
+    quantize_jobs = {
+        job["metadata"]["name"] for job in k.list("jobs", "app.kubernetes.io/component=quantizer")
+    }
 
     # Only the thresholds change: decided again from the recorded figures, nothing is re-quantized.
     k.apply(
@@ -691,4 +693,8 @@ def test_a_failed_quality_gate_holds_the_rollout_and_thresholds_alone_re_decide(
     assert ready["status"]["artifact"]["key"] == held["status"]["artifact"]["key"]
     gate = next(c for c in ready["status"]["conditions"] if c["type"] == "QualityGate")
     assert gate["status"] == "True" and gate["reason"] == "QualityPassed"
-    assert len(k.list("jobs")) == jobs
+    # No new quantize Job (the first artifact, now released, may already be gone with its own, and its
+    # eviction runs a Job of another kind).
+    assert {
+        job["metadata"]["name"] for job in k.list("jobs", "app.kubernetes.io/component=quantizer")
+    } <= quantize_jobs
