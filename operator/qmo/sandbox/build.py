@@ -383,13 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as error:
         print(f"qmo sandbox build: {error}", file=sys.stderr)
         return 1
-    key = versions.keda_key() if args.keda else versions.versions_key()
+    print(describe(result, versions.keda_key() if args.keda else versions.versions_key()))
+    return 0
+
+
+def describe(result: BuildResult, key: str) -> str:
+    """One line for a person: what was built now, or where the cached binaries are."""
     seconds = result.stamp.get("seconds", 0)
     if result.built:
-        print(f"built {key} in {seconds:.0f} s")
-    else:
-        print(f"binaries: {result.bin_dir} (cached; the cold build took {seconds:.0f} s)")
-    return 0
+        return f"built {key} in {seconds:.0f} s"
+    return f"binaries: {result.bin_dir} (cached; the cold build took {seconds:.0f} s)"
 
 
 if __name__ == "__main__":

@@ -56,11 +56,7 @@ class Sandbox:
 
     def ensure_built(self) -> build.BuildResult:
         result = build.build(self.paths)
-        seconds = result.stamp.get("seconds", 0)
-        if result.built:
-            print(f"built {versions.versions_key()} in {seconds:.0f} s")
-        else:
-            print(f"binaries: {result.bin_dir} (cached; the cold build took {seconds:.0f} s)")
+        print(build.describe(result, versions.versions_key()))
         return result
 
     def up(self, *, timeout: float = 120.0) -> tuple[ControlPlane, bool]:
@@ -84,11 +80,7 @@ class Sandbox:
             self.ensure_built()
             return 0
         result = build.build_keda(self.paths)
-        seconds = result.stamp.get("seconds", 0)
-        if result.built:
-            print(f"built {versions.keda_key()} in {seconds:.0f} s into {result.bin_dir}")
-        else:
-            print(f"KEDA: {result.bin_dir} (cached; the cold build took {seconds:.0f} s)")
+        print(build.describe(result, versions.keda_key()))
         return 0
 
     def up_command(self, *, timeout: float) -> int:
