@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -109,17 +109,24 @@ def is_built(paths: CachePaths) -> bool:
     return read_stamp(paths) is not None
 
 
-def read_stamp(paths: CachePaths) -> dict[str, Any] | None:
-    """The stamp of a complete build of exactly these versions, or None."""
+def _complete_stamp(
+    stamp_path: Path, key: str, bin_dir: Path, binaries: Iterable[str]
+) -> dict[str, Any] | None:
+    """A stamp naming ``key`` with every binary present and executable, or None (a broken or old build)."""
     try:
-        stamp: dict[str, Any] = json.loads(paths.stamp.read_text())
+        stamp: dict[str, Any] = json.loads(stamp_path.read_text())
     except (OSError, ValueError):
         return None
-    if stamp.get("key") != versions.versions_key():
+    if stamp.get("key") != key:
         return None
-    if not all(os.access(paths.bin_dir / name, os.X_OK) for name in versions.BINARIES):
+    if not all(os.access(bin_dir / name, os.X_OK) for name in binaries):
         return None
     return stamp
+
+
+def read_stamp(paths: CachePaths) -> dict[str, Any] | None:
+    """The stamp of a complete build of exactly these versions, or None."""
+    return _complete_stamp(paths.stamp, versions.versions_key(), paths.bin_dir, versions.BINARIES)
 
 
 @contextlib.contextmanager
@@ -278,15 +285,8 @@ def keda_module_dir(paths: CachePaths) -> Path:
 
 def read_keda_stamp(paths: CachePaths) -> dict[str, Any] | None:
     """The stamp of a complete KEDA build of this version (binaries and CRDs there), or None."""
-    try:
-        stamp: dict[str, Any] = json.loads(paths.keda_stamp.read_text())
-    except (OSError, ValueError):
-        return None
-    if stamp.get("key") != versions.keda_key():
-        return None
-    if not all(os.access(paths.keda_bin_dir / name, os.X_OK) for name in versions.KEDA_COMMANDS):
-        return None
-    if not any((paths.keda_config_dir / "crd" / "bases").glob("*.yaml")):
+    stamp = _complete_stamp(paths.keda_stamp, versions.keda_key(), paths.keda_bin_dir, versions.KEDA_COMMANDS)
+    if stamp is None or not any((paths.keda_config_dir / "crd" / "bases").glob("*.yaml")):
         return None
     return stamp
 
