@@ -295,6 +295,20 @@ def test_an_unchanged_model_causes_no_writes(k: Kube, operator: OperatorProcess)
             and any(v in line for v in ("POST", "PATCH", "DELETE"))
         }
 
+    def every_model() -> dict[str, tuple[str, ...]]:
+        """Every QuantizedModel in the cluster (the session's operator reconciles them all): which one wrote."""
+        listed = json.loads(k.cluster.kubectl("get", "qm", "-A", "-o", "json").stdout)["items"]
+        return {
+            f"{m['metadata']['namespace']}/{m['metadata']['name']}": (
+                m["metadata"]["resourceVersion"],
+                str(m["metadata"].get("deletionTimestamp")),
+                ",".join(m["metadata"].get("finalizers") or []),
+                str((m.get("status") or {}).get("phase")),
+                str((m.get("status") or {}).get("message"))[:200],
+            )
+            for m in listed
+        }
+
     def quiet_window() -> bool:
         """Three resyncs of every model with no write at all. Earlier tests' namespaces may still be
         terminating (their deletions are writes), so retry the window until they are gone."""
@@ -315,6 +329,8 @@ def test_an_unchanged_model_causes_no_writes(k: Kube, operator: OperatorProcess)
             print(
                 "writes in the window:",
                 {k: v for k, v in write_counts().items() if v != counts_before.get(k)},
+                "models (a no-op status patch changes no resourceVersion):",
+                every_model(),
             )
             return False
         return True

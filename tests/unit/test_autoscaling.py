@@ -343,3 +343,25 @@ def test_keda_detection_asks_discovery_at_most_once_per_ttl() -> None:
     now[0] = 61
     assert asyncio.run(reconciles(5)).keda is True
     assert server.asked == 2
+
+
+def test_a_kind_found_gone_mid_reconcile_makes_the_next_one_discover_again() -> None:
+    import asyncio
+
+    from qmo.reconcile.autoscaling import AutoscalingDiscovery
+
+    server = DiscoveryServer({"scaledobjects"})
+    discovery = AutoscalingDiscovery(server, ttl=60, clock=lambda: 0.0)  # type: ignore[arg-type]
+    assert asyncio.run(discovery.environment()).keda is True
+    server.resources = None  # KEDA's CRD removed; a request to its API got a 404 for the path
+    discovery.forget()
+    assert asyncio.run(discovery.environment()).keda is False
+    assert server.asked == 2
+
+
+def test_a_kind_no_longer_served_is_retried_soon_and_a_refusal_slowly() -> None:
+    from qmo.handlers.operator import _retry_signal
+    from qmo.reconcile.kube import ApiError
+
+    assert _retry_signal(ApiError(404, "Not Found", "404 page not found")).delay == 5
+    assert _retry_signal(ApiError(403, "Forbidden", "no rights")).delay == 60

@@ -47,6 +47,29 @@ def test_a_rotated_token_is_reread_after_a_401(tmp_path: Path) -> None:
     assert seen == ["Bearer expired", "Bearer rotated"]
 
 
+def test_a_kind_the_server_does_not_serve_is_told_apart_from_a_missing_object() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        if "keda.sh" in request.path:  # the API server's answer for a path it does not route: plain text
+            return web.Response(text="404 page not found", status=404)
+        return web.json_response({"reason": "NotFound", "message": "gone"}, status=404)
+
+    async def scenario() -> None:
+        runner, url = await serve(handler)
+        kube = Kube(Credentials(server=url))
+        try:
+            with pytest.raises(ApiError) as unserved:
+                await kube.list("ScaledObject", "ns")
+            assert unserved.value.status == 404 and unserved.value.not_served
+            with pytest.raises(ApiError) as missing:
+                await kube.list("Job", "ns")
+            assert missing.value.status == 404 and not missing.value.not_served
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+
+
 def test_errors_carry_status_reason_and_message() -> None:
     async def handler(request: web.Request) -> web.Response:
         if request.path.endswith("/missing"):
@@ -93,3 +116,39 @@ def test_requests_are_counted_by_the_resource_they_address() -> None:
     )
     # Whether an optional API (LeaderWorkerSet) is installed: a discovery read, not an unknown resource.
     assert resource_of("/apis/leaderworkerset.x-k8s.io/v1") == "discovery"
+
+
+def test_startup_waits_until_a_new_crds_storage_answers_a_list() -> None:
+    answered: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        answered.append(f"{request.path}?{request.query_string}")
+        if "keda.sh" in request.path:  # a kind the server does not route (yet): plain-text 404
+            return web.Response(text="404 page not found", status=404)
+        if request.path.endswith("/gpuclasses") and len(answered) < 3:
+            body = {"reason": "TooManyRequests", "message": "storage is (re)initializing"}
+            return web.json_response(body, status=429)
+        if request.path.endswith("/modelartifacts"):
+            return web.json_response({"reason": "Forbidden", "message": "namespaced mode"}, status=403)
+        return web.json_response({"items": []})
+
+    async def scenario() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        runner, url = await serve(handler)
+        kube = Kube(Credentials(server=url))
+        try:
+            ready = await kube.wait_until_listable(("GPUClass", "ModelArtifact"), interval=0.01)
+            never = await kube.wait_until_listable(("ScaledObject",), timeout=0.05, interval=0.01)
+            return ready, never
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    ready, never = asyncio.run(scenario())
+    assert ready == ()  # two 429s waited out; a 403 is not the storage's to judge
+    assert [path for path in answered if "keda.sh" not in path] == [
+        "/apis/qmo.dev/v1alpha1/gpuclasses?limit=1",
+        "/apis/qmo.dev/v1alpha1/gpuclasses?limit=1",
+        "/apis/qmo.dev/v1alpha1/gpuclasses?limit=1",
+        "/apis/qmo.dev/v1alpha1/modelartifacts?limit=1",
+    ]
+    assert never == ("ScaledObject",)  # still unrouted at the deadline: named, and startup goes on

@@ -77,6 +77,10 @@ class Runtime:
 
 
 def _retry_signal(error: Exception) -> kopf.TemporaryError:
+    if isinstance(error, ApiError) and error.not_served:
+        # A kind the discovery cache still counted on is gone (KEDA's CRD removed mid-reconcile): the retry
+        # discovers again, so it is soon.
+        return kopf.TemporaryError(f"the API server no longer serves a kind qmo used: {error}", delay=5)
     if isinstance(error, ApiError) and not error.transient and error.status not in (409, 422):
         # Refused for a reason retrying quickly will not fix (RBAC, admission): retry slowly, loudly.
         return kopf.TemporaryError(f"the API server refused a request: {error}", delay=60)
@@ -130,6 +134,10 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             await asyncio.to_thread(load_credentials, config.kubeconfig),
             on_request=lambda verb, resource: metrics.api_requests.labels(verb, resource).inc(),
         )
+        # Startup handlers run before kopf's first watch: start none while qmo's CRDs are still coming up.
+        still_coming_up = await kube.wait_until_listable(("QuantizedModel", "ModelArtifact", "GPUClass"))
+        if still_coming_up:
+            logger.warning("the API server does not list %s yet; starting anyway", ", ".join(still_coming_up))
         if config.watch_cache:
             # kopf hands startup handlers the (still empty) indexes and runs no resource handler before
             # every index is filled: from the first reconcile on, reads of watched kinds need no request.

@@ -47,6 +47,10 @@ class AutoscalingDiscovery:
                 self._checked_at = self.clock()
         return AutoscalingEnvironment(keda=self._keda, prometheus_url=self.prometheus_url)
 
+    def forget(self) -> None:
+        """Discover again on the next use (a request found KEDA's API gone or not yet served)."""
+        self._keda = None
+
     async def _keda_served(self) -> bool:
         try:
             resources = await self.kube.served_resources(KEDA_API_VERSION)

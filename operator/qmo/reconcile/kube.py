@@ -8,10 +8,12 @@ verb, which the fleet benchmark reports as requests per model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
+import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -95,6 +97,12 @@ class ApiError(Exception):
     def transient(self) -> bool:
         """Worth retrying: throttling, server trouble, timeouts."""
         return self.status in (429, 500, 502, 503, 504) or self.status == 0
+
+    @property
+    def not_served(self) -> bool:
+        """A 404 for the path itself, not for an object (whose 404 is a Status with reason NotFound): the
+        server does not serve that kind now, e.g. its CRD was just removed. Discovery again fixes it."""
+        return self.status == 404 and self.reason != "NotFound"
 
 
 def path_for(
@@ -329,6 +337,28 @@ class Kube:
                 return None
             raise
         return {str(resource.get("name")) for resource in found.get("resources") or []}
+
+    async def wait_until_listable(
+        self, kinds: Iterable[str], *, timeout: float = 60.0, interval: float = 0.5
+    ) -> tuple[str, ...]:
+        """Wait until each kind answers a list (limit 1) without 429 or an unrouted 404; the kinds still not
+        listable at the deadline. A CRD just created is Established before its storage is ready ("storage
+        is (re)initializing"), and kopf, started in that window, was seen never to run a handler."""
+        deadline = time.monotonic() + timeout
+        waiting = list(kinds)
+        while waiting:
+            kind = waiting[0]
+            try:
+                await self._request("GET", path_for(kind), params={"limit": "1"})
+            except ApiError as error:
+                if error.status == 429 or error.not_served:
+                    if time.monotonic() >= deadline:
+                        return tuple(waiting)
+                    await asyncio.sleep(interval)
+                    continue
+                # Anything else (e.g. 403 in namespaced mode): the storage answered or is not ours to judge.
+            waiting.pop(0)
+        return ()
 
     def _written(self, body: Manifest) -> Manifest:
         """What the API server answered a write with, remembered by the watch cache (read-your-writes)."""

@@ -110,6 +110,11 @@ class ModelReconciler:
                 decision.events[:0] = decided
             await self.apply(snapshot, decision)
             status, events = decision.status, decision.events
+        except ApiError as error:
+            if error.not_served:
+                # KEDA's API went away between discovery and use: its retry must not trust the cached answer.
+                self.autoscaling.forget()
+            raise
         except PermanentFailure as failure:
             # A re-plan that does not fit fails with it recorded, or the next reconcile would try again.
             status = self._failed_status(replanned, failure, generation, now)
