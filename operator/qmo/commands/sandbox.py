@@ -1,7 +1,8 @@
 """``qmo sandbox``: a local Kubernetes control plane with fake GPU nodes, offline, no Docker.
 
 ``build`` compiles the pinned binaries once into ~/.cache/qmo (``build --keda``: KEDA, opt-in); ``up``
-starts (or finds running) the sandbox and prints how to use it; ``down`` stops it and removes its state;
+starts (or finds running) the sandbox and prints how to use it; ``down`` stops it and removes its state
+but keeps its volumes' data (``--purge`` removes that too);
 ``status`` says what runs; ``kubeconfig`` and ``env`` print what a shell needs; ``demo`` walks through the
 sandbox step by step; ``keda`` runs KEDA (once built) against the running sandbox until Ctrl-C.
 """
@@ -30,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help=f"GPU fleet for `up`, as <gpu>:<nodes>x<gpus>,... (default {nodes.DEFAULT_FLEET}, "
         f"or ${nodes.FLEET_ENV}); known GPUs: {', '.join(sorted(nodes.GPU_TYPES))}",
+    )
+    parser.add_argument(
+        "--purge",
+        action="store_true",
+        help="down: also delete the volumes' data (quantized weights), which `down` keeps for the next up",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds `up` waits for readiness")
     parser.add_argument(
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if action == "up":
             return sandbox.up_command(timeout=args.timeout)
         if action == "down":
-            return sandbox.down_command()
+            return sandbox.down_command(purge=args.purge)
         if action == "status":
             return sandbox.status_command()
         if action == "kubeconfig":

@@ -250,8 +250,11 @@ class ControlPlane:
         context: str = "qmo-sandbox",
         audit_writes: bool = False,
         hpa_sync_seconds: int = 15,
+        volumes_dir: Path | None = None,
     ) -> None:
         self.directory = directory
+        # Provisioned volumes' data; outside ``directory`` it outlives stop(remove=True) (a Retain volume).
+        self.volumes_dir = volumes_dir if volumes_dir is not None else directory / "node" / "volumes"
         self.bin_dir = bin_dir
         self.fleet = fleet if fleet is not None else nodes.default_fleet()
         self.timings = timings
@@ -549,6 +552,8 @@ class ControlPlane:
             str(self.kubeconfig),
             "--state-dir",
             str(self.node_dir),
+            "--volumes-dir",
+            str(self.volumes_dir),
             # The API server's own serving pair serves kubectl logs (it checks no kubelet certificate).
             "--tls-cert",
             str(self.pki.serving_cert),

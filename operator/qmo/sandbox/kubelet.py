@@ -71,9 +71,19 @@ def _die_with_kubelet() -> None:
 
 
 class ProcessKubelet:
-    def __init__(self, kube: Kube, state_dir: Path, environments: Environments, extra_env: Mapping[str, str]):
+    def __init__(
+        self,
+        kube: Kube,
+        state_dir: Path,
+        environments: Environments,
+        extra_env: Mapping[str, str],
+        *,
+        volumes_dir: Path | None = None,
+    ):
         self.kube = kube
         self.state_dir = state_dir
+        # Where provisioned volumes' data live: the user's sandbox keeps it across `down` (a Retain volume).
+        self.volumes_dir = volumes_dir or state_dir / "volumes"
         self.environments = environments
         self.extra_env = dict(extra_env)
         self.pods: dict[str, PodRun] = {}
@@ -157,9 +167,9 @@ class ProcessKubelet:
             return {}
 
     def host_path(self, path: str) -> Path:
-        """The sandbox provisioner's volumes live under the state directory, not in /var/lib."""
+        """The sandbox provisioner's volumes live under the volumes directory, not in /var/lib."""
         if path.startswith(PROVISIONED_ROOT + "/"):
-            return self.state_dir / "volumes" / path[len(PROVISIONED_ROOT) + 1 :]
+            return self.volumes_dir / path[len(PROVISIONED_ROOT) + 1 :]
         return Path(path)
 
     # --- the loop ---------------------------------------------------------------------------------------
@@ -603,7 +613,13 @@ async def _main(args: argparse.Namespace) -> None:
     kube = Kube(load_credentials(args.kubeconfig))
     environments = Environments(worker_bin=Path(sys.executable).parent, engine_python=engine_python_or_none())
     extra_env = dict(item.split("=", 1) for item in args.env)
-    kubelet = ProcessKubelet(kube, Path(args.state_dir).resolve(), environments, extra_env)
+    kubelet = ProcessKubelet(
+        kube,
+        Path(args.state_dir).resolve(),
+        environments,
+        extra_env,
+        volumes_dir=Path(args.volumes_dir).resolve() if args.volumes_dir else None,
+    )
     logs = await serve_logs(kubelet, args.tls_cert, args.tls_key) if args.tls_cert else None
     reaped = kubelet.reap_leftovers()
     if reaped:
@@ -625,6 +641,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m qmo.sandbox.kubelet", description=__doc__)
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--state-dir", required=True, help="pod directories, logs and volumes live here")
+    parser.add_argument(
+        "--volumes-dir", help="provisioned volumes' data instead (default: STATE_DIR/volumes)"
+    )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE given to every container")
     parser.add_argument("--tls-cert", help="serving certificate of the logs endpoint (kubectl logs)")
     parser.add_argument("--tls-key", help="its key")

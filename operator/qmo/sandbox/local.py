@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shlex
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,13 @@ class Sandbox:
     @property
     def control_plane(self) -> ControlPlane:
         return ControlPlane(
-            self.paths.sandbox_dir, bin_dir=self.paths.bin_dir, fleet=self.fleet, ephemeral=self.ephemeral
+            self.paths.sandbox_dir,
+            bin_dir=self.paths.bin_dir,
+            fleet=self.fleet,
+            ephemeral=self.ephemeral,
+            # Quantized weights outlive `down` (the next quantize Job of the same artifact verifies and
+            # reuses them instead of quantizing again); a test's sandbox has a cache root of its own.
+            volumes_dir=self.paths.sandbox_volumes_dir,
         )
 
     @property
@@ -103,10 +110,23 @@ class Sandbox:
         print("  kubectl get nodes -o wide")
         return 0
 
-    def down_command(self) -> int:
+    def down_command(self, *, purge: bool = False) -> int:
         with self._lock():
-            stopped = self.control_plane.stop(remove=True)
+            plane = self.control_plane
+            stopped = plane.stop(remove=True)
+            kept = (
+                plane.volumes_dir if plane.volumes_dir.is_dir() and any(plane.volumes_dir.iterdir()) else None
+            )
+            if purge and kept is not None:
+                shutil.rmtree(kept, ignore_errors=True)
         print(f"sandbox stopped ({', '.join(stopped)})" if stopped else "no sandbox was running")
+        if kept is not None:
+            print(
+                f"volumes removed: {kept}"
+                if purge
+                else f"volumes kept (quantized weights, reused by the next demo): {kept}; "
+                "`qmo sandbox down --purge` removes them"
+            )
         return 0
 
     def status_command(self) -> int:

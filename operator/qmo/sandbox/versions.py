@@ -125,6 +125,11 @@ class CachePaths:
         return self.root / "sandbox"
 
     @property
+    def sandbox_volumes_dir(self) -> Path:
+        """The user's sandbox volumes (the model cache PVC's weights): kept by `down`, removed by `--purge`."""
+        return self.root / "sandbox-volumes"
+
+    @property
     def keda_bin_dir(self) -> Path:
         """KEDA's binaries, its ``config/`` (CRDs, RBAC) copied from the module, and its stamp."""
         return self.root / "bin" / keda_key()
