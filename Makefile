@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv tools vllm prereqs test test-unit test-cluster test-worker test-serving lint demo sandbox-build keda clean
+.PHONY: venv tools vllm prereqs test-prereqs helm test test-unit test-cluster test-worker test-serving lint demo sandbox-build keda clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ vllm:
 sandbox-build:
 	PYTHONPATH=operator $(PYTHON) -m qmo.sandbox.build
 
+# helm for the chart tests, once into the same bin dir (its own stamp): `make demo` does not need it.
+helm:
+	PYTHONPATH=operator $(PYTHON) -m qmo.sandbox.build --helm
+
 # KEDA's operator and metrics adapter, opt-in (about 320 modules, minutes on 2 cores), once into
 # ~/.cache/qmo/bin/keda-<version>: tests/cluster/test_keda_on_cluster.py runs real KEDA with it and is
 # skipped without it. Neither `make test` nor CI builds it.
@@ -42,6 +46,10 @@ keda:
 prereqs:
 	$(MAKE) --no-print-directory -j3 venv sandbox-build vllm
 
+# What the tests need besides: helm, built beside the rest.
+test-prereqs:
+	$(MAKE) --no-print-directory -j4 venv sandbox-build helm vllm
+
 lint: venv
 	$(VENV)/bin/ruff check operator tests benchmarks
 	$(VENV)/bin/ruff format --check operator tests benchmarks
@@ -49,7 +57,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # Everything: lint, pure unit tests, the quantizer on CPU, real vLLM on CPU, and the real control plane.
-test: prereqs tools lint
+test: test-prereqs tools lint
 	# One worker: with two (pytest -n 2, tests/conftest.py schedules the real-vLLM files together) the run takes
 	# 15 instead of 23 minutes, but every such run this session met a timing race in some cluster test.
 	$(PY) -m pytest tests
@@ -63,7 +71,7 @@ test-worker: venv
 test-serving: venv vllm
 	$(PY) -m pytest tests/serving
 
-test-cluster: venv sandbox-build
+test-cluster: venv sandbox-build helm
 	$(PY) -m pytest tests/cluster
 
 # The operator's main job on the local sandbox: fake GPU nodes plus a real CPU node; example QuantizedModels

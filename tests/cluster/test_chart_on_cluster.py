@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from qmo.sandbox import build
 from qmo.sandbox.harness import HubStandIn, OperatorProcess, example_config, provisioner, quantized_model
 from qmo.sandbox.testing import SessionCluster
 from qmo.sandbox.wait import StopWaiting, WaitTimeout, wait_for
@@ -29,6 +30,12 @@ GATED_TOKEN = "hf_chart_test_token"
 SHA = "c" * 40
 # Everything that is not the monitoring stack's CRDs (absent from the test cluster).
 MONITORING = {"ServiceMonitor", "PrometheusRule"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def helm_built(cluster: SessionCluster) -> None:
+    """helm is built apart from the control plane (make test builds it first; this is a stamp check then)."""
+    assert build.build_helm().bin_dir == cluster.bin_dir
 
 
 def helm(cluster: SessionCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -141,21 +141,67 @@ def build_lock(paths: CachePaths, name: str = "build") -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def build(paths: CachePaths | None = None, *, jobs: int = 2, out: TextIO = sys.stdout) -> BuildResult:
-    """Build every binary unless a complete build of these versions is already cached."""
-    paths = paths or CachePaths.default()
+def _cached_build(
+    paths: CachePaths,
+    bin_dir: Path,
+    lock_name: str,
+    what: str,
+    read: Callable[[], dict[str, Any] | None],
+    cold: Callable[[], dict[str, Any]],
+) -> BuildResult:
+    """``read()``'s stamp when the build is cached, else ``cold()`` under the build's lock (once)."""
     started = time.monotonic()
-    stamp = read_stamp(paths)
+    stamp = read()
     if stamp is not None:
-        return BuildResult(paths.bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp)
-    with build_lock(paths):
-        stamp = read_stamp(paths)  # another process may have finished it while we waited
+        return BuildResult(bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp)
+    with build_lock(paths, lock_name):
+        stamp = read()  # another process may have finished it while we waited
         if stamp is not None:
-            return BuildResult(paths.bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp)
+            return BuildResult(bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp)
         if shutil.which("go") is None:
-            raise BuildError("the sandbox is built from Go modules, but `go` is not on PATH")
-        stamp = _cold_build(paths, jobs=jobs, out=out)
-    return BuildResult(paths.bin_dir, built=True, seconds=time.monotonic() - started, stamp=stamp)
+            raise BuildError(f"{what} is built from Go modules, but `go` is not on PATH")
+        stamp = cold()
+    return BuildResult(bin_dir, built=True, seconds=time.monotonic() - started, stamp=stamp)
+
+
+def build(paths: CachePaths | None = None, *, jobs: int = 2, out: TextIO = sys.stdout) -> BuildResult:
+    """Build the control plane (what `make demo` needs) unless these versions are already cached."""
+    cache = paths or CachePaths.default()
+    return _cached_build(
+        cache,
+        cache.bin_dir,
+        "build",
+        "the sandbox",
+        lambda: read_stamp(cache),
+        lambda: _cold_build(cache, jobs=jobs, out=out),
+    )
+
+
+def read_helm_stamp(paths: CachePaths) -> dict[str, Any] | None:
+    return _complete_stamp(paths.helm_stamp, versions.versions_key(), paths.bin_dir, ("helm",))
+
+
+def build_helm(paths: CachePaths | None = None, *, jobs: int = 2, out: TextIO = sys.stdout) -> BuildResult:
+    """Build helm beside the control plane unless it is cached: only the chart tests (`make test`) use it,
+    so a fresh `make demo` does not wait for it."""
+    cache = paths or CachePaths.default()
+
+    def cold() -> dict[str, Any]:
+        cache.bin_dir.mkdir(parents=True, exist_ok=True)
+        cache.helm_stamp.unlink(missing_ok=True)
+        env = dict(go_env(cache), GOBIN=str(cache.bin_dir))
+        command = ["go", "install", "-p", str(jobs), "-trimpath", "-ldflags", helm_ldflags()]
+        step = ("helm", [*command, f"helm.sh/helm/v3/cmd/helm@{versions.HELM_VERSION}"], cache.src_dir)
+        cache.src_dir.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, float] = {}
+        failure = _run_lane([step], cache.build_log, env, timings, out)
+        if failure is not None:
+            raise failure
+        stamp = {"key": versions.versions_key(), "helm": versions.HELM_VERSION, "seconds": timings["helm"]}
+        cache.helm_stamp.write_text(json.dumps(stamp, indent=2) + "\n")
+        return stamp
+
+    return _cached_build(cache, cache.bin_dir, "helm-build", "helm", lambda: read_helm_stamp(cache), cold)
 
 
 def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
@@ -191,11 +237,6 @@ def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
             [*go_install, "-ldflags", kwok_ldflags(), f"sigs.k8s.io/kwok/cmd/kwok@{versions.KWOK_VERSION}"],
             paths.src_dir,
         ),
-        (
-            "helm",
-            [*go_install, "-ldflags", helm_ldflags(), f"helm.sh/helm/v3/cmd/helm@{versions.HELM_VERSION}"],
-            paths.src_dir,
-        ),
     ]
     env["GOBIN"] = str(paths.bin_dir)
     timings: dict[str, float] = {}
@@ -205,7 +246,7 @@ def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
         f"== one log per step beside this one: {paths.build_log.name.removesuffix('.log')}.<step>.log\n"
     )
     # Two lanes at once: Kubernetes is most of the work, and while it downloads modules or links (one core)
-    # the other lane's kwok and helm use the idle core. Each step writes its own log.
+    # the other lane's kwok uses the idle core. Each step writes its own log.
     lanes = [steps[:2], steps[2:]]
     with concurrent.futures.ThreadPoolExecutor(len(lanes)) as pool:
         for failure in pool.map(lambda lane: _run_lane(lane, paths.build_log, env, timings, out), lanes):
@@ -218,7 +259,6 @@ def _cold_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
         "kubernetes": versions.KUBERNETES_VERSION,
         "etcd": versions.ETCD_VERSION,
         "kwok": versions.KWOK_VERSION,
-        "helm": versions.HELM_VERSION,
         "go": go_version,
         "jobs": jobs,
         "cpus": os.cpu_count(),
@@ -297,21 +337,15 @@ def build_keda(paths: CachePaths | None = None, *, jobs: int = 2, out: TextIO = 
     Opt-in (``make keda``): about 320 modules and minutes of compiling that only the KEDA cluster test and
     someone trying KEDA in the sandbox need.
     """
-    paths = paths or CachePaths.default()
-    started = time.monotonic()
-    stamp = read_keda_stamp(paths)
-    if stamp is not None:
-        return BuildResult(paths.keda_bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp)
-    with build_lock(paths, "keda-build"):
-        stamp = read_keda_stamp(paths)
-        if stamp is not None:
-            return BuildResult(
-                paths.keda_bin_dir, built=False, seconds=time.monotonic() - started, stamp=stamp
-            )
-        if shutil.which("go") is None:
-            raise BuildError("KEDA is built from Go modules, but `go` is not on PATH")
-        stamp = _cold_keda_build(paths, jobs=jobs, out=out)
-    return BuildResult(paths.keda_bin_dir, built=True, seconds=time.monotonic() - started, stamp=stamp)
+    cache = paths or CachePaths.default()
+    return _cached_build(
+        cache,
+        cache.keda_bin_dir,
+        "keda-build",
+        "KEDA",
+        lambda: read_keda_stamp(cache),
+        lambda: _cold_keda_build(cache, jobs=jobs, out=out),
+    )
 
 
 def _cold_keda_build(paths: CachePaths, *, jobs: int, out: TextIO) -> dict[str, Any]:
@@ -374,12 +408,16 @@ def main(argv: list[str] | None = None) -> int:
     with the system Python beside the installs of ``.venv`` and the engine: on a fresh machine the Go build
     is the longest step, and it starts first."""
     parser = argparse.ArgumentParser(prog="python -m qmo.sandbox.build")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--keda", action="store_true", help=f"build KEDA {versions.KEDA_VERSION} (opt-in) instead"
+    )
+    which.add_argument(
+        "--helm", action="store_true", help=f"build helm {versions.HELM_VERSION} (the chart tests)"
     )
     args = parser.parse_args(argv)
     try:
-        result = build_keda() if args.keda else build()
+        result = build_keda() if args.keda else build_helm() if args.helm else build()
     except BuildError as error:
         print(f"qmo sandbox build: {error}", file=sys.stderr)
         return 1

@@ -72,7 +72,8 @@ KEDA_EXCLUDES = ("github.com/go-chi/chi/v5 v5.2.3",)
 KEDA_COMMANDS = {"keda-operator": "cmd/operator", "keda-adapter": "cmd/adapter"}
 
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-BINARIES = (*KUBERNETES_COMMANDS, "etcd", "kwok", "helm")
+# The control plane, what `make demo` needs; helm (the chart tests') is built apart (build.build_helm).
+BINARIES = (*KUBERNETES_COMMANDS, "etcd", "kwok")
 
 
 def versions_key() -> str:
@@ -119,6 +120,10 @@ class CachePaths:
     @property
     def build_log(self) -> Path:
         return self.bin_dir.parent / f"{versions_key()}.build.log"
+
+    @property
+    def helm_stamp(self) -> Path:
+        return self.bin_dir / "helm-stamp.json"
 
     @property
     def sandbox_dir(self) -> Path:
