@@ -31,13 +31,17 @@ def test_down_keeps_the_volumes_and_purge_removes_them(
     )  # `down` removes that
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"weights")
+    source = sandbox.paths.sandbox_hub_dir / "qmo-sandbox" / "tiny-llama" / "config.json"
+    source.parent.mkdir(parents=True)
+    source.write_text("{}")
 
     assert sandbox.down_command() == 0
-    assert weights.read_bytes() == b"weights"
-    assert "volumes kept" in capsys.readouterr().out
+    assert weights.read_bytes() == b"weights" and source.read_text() == "{}"
+    said = capsys.readouterr().out
+    assert "kept for the next demo" in said and str(sandbox.paths.sandbox_hub_dir) in said
 
     assert sandbox.down_command(purge=True) == 0
-    assert not sandbox.control_plane.volumes_dir.exists()
-    assert "volumes removed" in capsys.readouterr().out
-    assert sandbox.down_command() == 0  # nothing left to keep or purge: no word about volumes
-    assert "volumes" not in capsys.readouterr().out
+    assert not sandbox.control_plane.volumes_dir.exists() and not sandbox.paths.sandbox_hub_dir.exists()
+    assert "removed: " in capsys.readouterr().out
+    assert sandbox.down_command() == 0  # nothing left to keep or purge: no word about it
+    assert "kept" not in capsys.readouterr().out

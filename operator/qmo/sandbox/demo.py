@@ -179,7 +179,9 @@ def tiny_model_on_the_real_node(context: DemoContext) -> None:
     """A tiny random Llama (made here once, offered by the hub stand-in) on the cpu class: the quantize Job
     and vLLM really run, as processes of the sandbox's real node."""
     assert context.plane is not None and context.hub is not None
-    source = context.sandbox.paths.root / "sandbox" / "demo" / "tiny-llama"
+    # Beside the volumes, not in the sandbox's state: like a model on the hub it outlives `down`, so the
+    # artifact kept on the cache volume stays the quantization of exactly these weights.
+    source = context.sandbox.paths.sandbox_hub_dir / TINY_REPO
     if not (source / "config.json").is_file():
         print(f"making a tiny random Llama in {source}", flush=True)
         build_in_subprocess(source)

@@ -114,17 +114,20 @@ class Sandbox:
         with self._lock():
             plane = self.control_plane
             stopped = plane.stop(remove=True)
-            kept = (
-                plane.volumes_dir if plane.volumes_dir.is_dir() and any(plane.volumes_dir.iterdir()) else None
-            )
-            if purge and kept is not None:
-                shutil.rmtree(kept, ignore_errors=True)
+            # What outlives `down`: the volumes (quantized weights) and the demo's models on the hub stand-in.
+            kept = [
+                d for d in (plane.volumes_dir, self.paths.sandbox_hub_dir) if d.is_dir() and any(d.iterdir())
+            ]
+            if purge:
+                for directory in kept:
+                    shutil.rmtree(directory, ignore_errors=True)
         print(f"sandbox stopped ({', '.join(stopped)})" if stopped else "no sandbox was running")
-        if kept is not None:
+        if kept:
+            where = ", ".join(str(directory) for directory in kept)
             print(
-                f"volumes removed: {kept}"
+                f"removed: {where}"
                 if purge
-                else f"volumes kept (quantized weights, reused by the next demo): {kept}; "
+                else f"kept for the next demo (quantized weights, the tiny model): {where}; "
                 "`qmo sandbox down --purge` removes them"
             )
         return 0

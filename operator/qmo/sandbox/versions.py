@@ -135,6 +135,11 @@ class CachePaths:
         return self.root / "sandbox-volumes"
 
     @property
+    def sandbox_hub_dir(self) -> Path:
+        """Models the demo offers through its Hugging Face stand-in: kept by `down`, removed by `--purge`."""
+        return self.root / "sandbox-hub"
+
+    @property
     def keda_bin_dir(self) -> Path:
         """KEDA's binaries, its ``config/`` (CRDs, RBAC) copied from the module, and its stamp."""
         return self.root / "bin" / keda_key()
