@@ -421,7 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as error:
         print(f"qmo sandbox build: {error}", file=sys.stderr)
         return 1
-    print(describe(result, versions.keda_key() if args.keda else versions.versions_key()))
+    what = (
+        versions.keda_key()
+        if args.keda
+        else f"helm {versions.HELM_VERSION}"
+        if args.helm
+        else versions.versions_key()
+    )
+    print(describe(result, what))
     return 0
 
 
