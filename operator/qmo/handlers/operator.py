@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import kopf
 
+from qmo.handlers import kopf_fixes
 from qmo.reconcile.artifact import ArtifactReconciler
 from qmo.reconcile.cache import WATCHED_KINDS, IndexKey, WatchCache, WatchedKind, index_entry, index_id
 from qmo.reconcile.kube import ApiError, Kube, load_credentials
@@ -88,6 +89,7 @@ def _retry_signal(error: Exception) -> kopf.TemporaryError:
 
 
 def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
+    kopf_fixes.install()  # before kopf starts: a namespace gone mid-listing must not stop every handler
     config = config or OperatorConfig()
     registry = kopf.OperatorRegistry()
     runtime_holder: dict[str, Runtime] = {}
