@@ -58,9 +58,9 @@ lint: venv
 
 # Everything: lint, pure unit tests, the quantizer on CPU, real vLLM on CPU, and the real control plane.
 test: test-prereqs tools lint
-	# One worker: with two (pytest -n 2, tests/conftest.py schedules the real-vLLM files together) the run takes
-	# 15 instead of 23 minutes, but every such run this session met a timing race in some cluster test.
-	$(PY) -m pytest tests
+	# Two workers: the real-vLLM files run one after another on one (tests/conftest.py schedules them first,
+	# together), every other file whole beside them; each worker has its own control plane and operator.
+	$(PY) -m pytest -n 2 tests
 
 test-unit: venv tools
 	$(PY) -m pytest tests/unit
