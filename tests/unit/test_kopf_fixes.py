@@ -40,3 +40,33 @@ def test_a_namespace_gone_before_its_first_listing_no_longer_blocks_every_handle
     blocked, after = asyncio.run(scenario())
     assert not blocked  # b's unfinished listing held every handler
     assert after  # b's watcher stopped with the namespace, and its toggle went with it
+
+
+def test_a_namespace_being_deleted_stays_watched_until_it_is_gone() -> None:
+    from kopf._core.reactor import observation
+
+    kopf_fixes.install()
+    insights = references.Insights()
+    patterns: list[references.NamespacePattern] = ["qmo-test-*"]
+
+    def namespace_event(kind: str | None, deleting: bool) -> dict[str, object]:
+        metadata: dict[str, object] = {"name": "qmo-test-a"}
+        if deleting:
+            metadata["deletionTimestamp"] = "2026-12-07T20:25:10Z"
+        # The namespace controller's first pass: conditions, none True yet.
+        conditions = [{"type": "NamespaceContentRemaining", "status": "False"}] if deleting else []
+        return {"type": kind, "object": {"metadata": metadata, "status": {"conditions": conditions}}}
+
+    observation.revise_namespaces(
+        insights=insights, namespaces=patterns, raw_events=[namespace_event(None, False)]
+    )
+    assert insights.namespaces == {"qmo-test-a"}
+    # Marked for deletion: its QuantizedModels still hold qmo's finalizer, so it must stay watched.
+    observation.revise_namespaces(
+        insights=insights, namespaces=patterns, raw_events=[namespace_event("MODIFIED", True)]
+    )
+    assert insights.namespaces == {"qmo-test-a"}
+    observation.revise_namespaces(
+        insights=insights, namespaces=patterns, raw_events=[namespace_event("DELETED", True)]
+    )
+    assert insights.namespaces == set()
