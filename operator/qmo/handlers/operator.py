@@ -136,10 +136,6 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             await asyncio.to_thread(load_credentials, config.kubeconfig),
             on_request=lambda verb, resource: metrics.api_requests.labels(verb, resource).inc(),
         )
-        # Startup handlers run before kopf's first watch: start none while qmo's CRDs are still coming up.
-        still_coming_up = await kube.wait_until_listable(("QuantizedModel", "ModelArtifact", "GPUClass"))
-        if still_coming_up:
-            logger.warning("the API server does not list %s yet; starting anyway", ", ".join(still_coming_up))
         if config.watch_cache:
             # kopf hands startup handlers the (still empty) indexes and runs no resource handler before
             # every index is filled: from the first reconcile on, reads of watched kinds need no request.

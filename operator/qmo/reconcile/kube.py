@@ -8,12 +8,10 @@ verb, which the fleet benchmark reports as requests per model.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -337,28 +335,6 @@ class Kube:
                 return None
             raise
         return {str(resource.get("name")) for resource in found.get("resources") or []}
-
-    async def wait_until_listable(
-        self, kinds: Iterable[str], *, timeout: float = 60.0, interval: float = 0.5
-    ) -> tuple[str, ...]:
-        """Wait until each kind answers a list (limit 1) without 429 or an unrouted 404; the kinds still not
-        listable at the deadline. A CRD just created is Established before its storage is ready ("storage
-        is (re)initializing"), and kopf, started in that window, was seen never to run a handler."""
-        deadline = time.monotonic() + timeout
-        waiting = list(kinds)
-        while waiting:
-            kind = waiting[0]
-            try:
-                await self._request("GET", path_for(kind), params={"limit": "1"})
-            except ApiError as error:
-                if error.status == 429 or error.not_served:
-                    if time.monotonic() >= deadline:
-                        return tuple(waiting)
-                    await asyncio.sleep(interval)
-                    continue
-                # Anything else (e.g. 403 in namespaced mode): the storage answered or is not ours to judge.
-            waiting.pop(0)
-        return ()
 
     def _written(self, body: Manifest) -> Manifest:
         """What the API server answered a write with, remembered by the watch cache (read-your-writes)."""
