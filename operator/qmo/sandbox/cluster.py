@@ -254,7 +254,9 @@ class ControlPlane:
     ) -> None:
         self.directory = directory
         # Provisioned volumes' data; outside ``directory`` it outlives stop(remove=True) (a Retain volume).
-        self.volumes_dir = volumes_dir if volumes_dir is not None else directory / "node" / "volumes"
+        self.volumes_dir = (
+            volumes_dir if volumes_dir is not None else kubelet.default_volumes_dir(self.node_dir)
+        )
         self.bin_dir = bin_dir
         self.fleet = fleet if fleet is not None else nodes.default_fleet()
         self.timings = timings

@@ -70,6 +70,11 @@ def _die_with_kubelet() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def default_volumes_dir(state_dir: Path) -> Path:
+    """Where provisioned volumes' data live unless told otherwise: inside the node's state."""
+    return state_dir / "volumes"
+
+
 class ProcessKubelet:
     def __init__(
         self,
@@ -83,7 +88,7 @@ class ProcessKubelet:
         self.kube = kube
         self.state_dir = state_dir
         # Where provisioned volumes' data live: the user's sandbox keeps it across `down` (a Retain volume).
-        self.volumes_dir = volumes_dir or state_dir / "volumes"
+        self.volumes_dir = volumes_dir or default_volumes_dir(state_dir)
         self.environments = environments
         self.extra_env = dict(extra_env)
         self.pods: dict[str, PodRun] = {}
