@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"qmo {command}", description=help_text)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
+    args.qmo_argv = argv[1:]  # as given: `qmo quantize` re-runs itself with them in a backend's environment
     return int(module.run(args))
 
 

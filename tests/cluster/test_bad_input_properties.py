@@ -34,7 +34,10 @@ Spec = dict[str, Any]
 GPU_CLASSES = ("h100-80gb", "l40s", "l4", "a100-80gb", "my-team-gpus")  # any DNS name is a valid spec
 DEPLOYABLE_GPU_CLASSES = ("h100-80gb", "l40s", "l4")  # built-in GPUs the sandbox's nodes carry
 BITS = {"awq": [None, 4], "gptq": [None, 4, 8], "w8a8": [None, 8], "prequantized": [None, 4, 8]}
-BACKENDS = {"awq": ["llm-compressor", "autoawq"], "gptq": ["llm-compressor", "autogptq"]}
+BACKENDS = {
+    "awq": ["llm-compressor", "autoawq", "gptqmodel"],
+    "gptq": ["llm-compressor", "autogptq", "gptqmodel"],
+}
 METHODS = ("awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4", "bitsandbytes-nf4", "none", "prequantized")
 DNS_LABEL = st.from_regex(r"\A[a-z]([a-z0-9-]{0,20}[a-z0-9])?\Z")
 counts: Counter[str] = Counter()
@@ -51,15 +54,18 @@ def without_none(values: dict[str, Any]) -> dict[str, Any]:
 @st.composite
 def quantization(draw: st.DrawFn, methods: tuple[str, ...] = METHODS) -> Spec:
     method = draw(st.sampled_from(methods))
+    backend = draw(st.sampled_from(BACKENDS.get(method, ["llm-compressor"])))
+    # One scale per channel (-1) is llm-compressor's alone; the legacy backends group along the input.
+    group_sizes = [-1, 32, 64, 128] if backend == "llm-compressor" else [32, 64, 128]
     return without_none(
         {
             "method": method,
             "bits": draw(st.sampled_from(BITS.get(method, [None]))),
-            "groupSize": draw(optional(st.sampled_from([-1, 32, 64, 128]))),
+            "groupSize": draw(optional(st.sampled_from(group_sizes))),
             "symmetric": draw(optional(st.booleans())),
             "actOrder": draw(optional(st.booleans())),
             "dampening": draw(optional(st.floats(min_value=0.001, max_value=1.0))),
-            "backend": draw(st.sampled_from(BACKENDS.get(method, ["llm-compressor"]))),
+            "backend": backend,
             "calibration": draw(
                 optional(
                     st.fixed_dictionaries(
@@ -201,6 +207,10 @@ def bits_on(method: str, bits: int) -> Callable[[Spec], None]:
     return mutate
 
 
+def autoawq_per_channel(spec: Spec) -> None:
+    spec["quantization"] = {"method": "awq", "backend": "autoawq", "groupSize": -1}
+
+
 def backend_for(method: str, backend: str) -> Callable[[Spec], None]:
     def mutate(spec: Spec) -> None:
         spec["quantization"] = {"method": method, "backend": backend}
@@ -250,8 +260,10 @@ MUTATIONS: dict[str, tuple[Callable[[Spec], None], str]] = {
     "repo as a number": (hf_repo(42), "spec.source.huggingface.repo"),
     "bits on fp8": (bits_on("fp8", 8), "spec.quantization"),
     "awq with 8 bits": (bits_on("awq", 8), "spec.quantization"),
-    "autoawq for gptq": (backend_for("gptq", "autoawq"), "spec.quantization"),
+    "autoawq for gptq": (backend_for("gptq", "autoawq"), "spec.quantization.backend"),
+    "gptqmodel for w8a8": (backend_for("w8a8", "gptqmodel"), "spec.quantization.backend"),
     "group size 100": (setter("quantization", "groupSize", value=100), "spec.quantization.groupSize"),
+    "autoawq per channel": (autoawq_per_channel, "spec.quantization.groupSize"),
     "zero calibration samples": (
         setter("quantization", "calibration", value={"samples": 0}),
         "spec.quantization.calibration.samples",

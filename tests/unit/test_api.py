@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,38 @@ def test_minimal_spec_gets_the_documented_defaults() -> None:
     assert spec.source.huggingface is not None and spec.source.huggingface.revision == "main"
 
 
+@pytest.mark.parametrize(
+    ("quantization", "message"),
+    [
+        (
+            {"method": "w8a8", "backend": "gptqmodel"},
+            "spec.quantization.backend: backend gptqmodel does not quantize",
+        ),
+        (
+            {"method": "awq", "backend": "autogptq"},
+            "valid pairs: llm-compressor with any method; autoawq with awq",
+        ),
+        (
+            {"method": "awq", "backend": "autoawq", "groupSize": -1},
+            "spec.quantization.groupSize: backend autoawq",
+        ),
+    ],
+)
+def test_a_backend_that_cannot_do_the_method_is_refused_with_the_valid_pairs(
+    quantization: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        parse_spec(minimal_spec(quantization=quantization))
+
+
+@pytest.mark.parametrize(
+    ("backend", "method"), [("autoawq", "awq"), ("gptqmodel", "gptq"), ("gptqmodel", "awq")]
+)
+def test_every_backend_and_method_pair_the_table_allows_is_admitted(backend: str, method: str) -> None:
+    spec = parse_spec(minimal_spec(quantization={"method": method, "backend": backend}))
+    assert spec.quantize_job.image_for(backend) == f"ghcr.io/qmo-dev/quantizer-{backend}:0.1.0"
+
+
 def test_wire_form_round_trips_with_camel_case_keys() -> None:
     spec = parse_spec(minimal_spec(serving={"gpuClass": "l4", "maxModelLen": 4096, "tensorParallelSize": 2}))
     wire = spec.to_wire()
@@ -57,6 +90,7 @@ def test_wire_form_round_trips_with_camel_case_keys() -> None:
         ({"quantization": {"method": "awq", "bits": 8}}, "quantization"),
         ({"quantization": {"method": "fp8", "bits": 4}}, "quantization"),
         ({"quantization": {"method": "gptq", "backend": "autoawq"}}, "quantization"),
+        ({"quantization": {"method": "gptq", "backend": "no-such"}}, "quantization"),
         ({"quantization": {"method": "int3"}}, "quantization.method"),
         ({"serving": {"gpuClass": "h100", "replicas": -1}}, "serving.replicas"),
         ({"serving": {"gpuClass": "h100", "tensorParallelSize": "many"}}, "serving.tensorParallelSize"),

@@ -114,6 +114,37 @@ def test_quantization_config_in_the_model_wins_over_the_request() -> None:
     assert (fmt.layout, fmt.bits, fmt.group_size, fmt.symmetric) == ("autoawq", 4, 128, False)
 
 
+@pytest.mark.parametrize(
+    ("backend", "method", "layout"),
+    [
+        ("llm-compressor", "awq", "ct-pack"),
+        ("llm-compressor", "gptq", "ct-pack"),
+        ("autoawq", "awq", "autoawq"),
+        ("gptqmodel", "awq", "autoawq"),
+        ("gptqmodel", "gptq", "autogptq"),
+        ("autogptq", "gptq", "autogptq"),
+    ],
+)
+def test_the_backend_decides_the_layout_the_planner_sizes(backend: str, method: str, layout: str) -> None:
+    config = load("llama-3.1-8b")
+    fmt = resolve_format(parse_architecture(config), quantization=method, backend=backend)
+    assert fmt.layout == layout
+    planned = plan(config, PlanRequest(quantization=method, backend=backend, max_model_len=8192), H100)
+    # The same plan as the checkpoint the backend writes would get, once it exists (its config wins then).
+    if layout != "ct-pack":
+        gptq_config = {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc_act": False}
+        written = {
+            **config,
+            "quantization_config": AWQ if method == "awq" else gptq_config,
+            "torch_dtype": "float16",
+        }
+        served = plan(written, PlanRequest(max_model_len=8192), H100)
+        assert (planned.weights_gib_per_gpu, planned.kv_cache_tokens) == (
+            served.weights_gib_per_gpu,
+            served.kv_cache_tokens,
+        )
+
+
 def test_compressed_tensors_and_fp8_block_configs_are_parsed() -> None:
     w4a16 = {
         "quant_method": "compressed-tensors",

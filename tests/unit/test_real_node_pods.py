@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from qmo.api.backends import BACKENDS, worker_image
 from qmo.api.versions import DEFAULT_VLLM_CPU_IMAGE, DEFAULT_VLLM_IMAGE
 from qmo.sandbox.pods import (
     MESSAGE_LINES,
@@ -37,8 +38,10 @@ def test_vllm_images_run_the_engine_behind_the_wheels_entrypoint(image: str) -> 
 
 
 def test_the_worker_image_runs_in_the_project_environment_and_others_are_refused() -> None:
-    argv, path = ENVIRONMENTS.command("registry:5000/qmo-dev/quantizer:0.1.0", ["qmo", "quantize"])
-    assert argv == ["qmo", "quantize"] and path.startswith("/venv/bin:")
+    for backend in BACKENDS:
+        image = worker_image(backend).replace("ghcr.io", "registry:5000")
+        argv, path = ENVIRONMENTS.command(image, ["qmo", "quantize"])
+        assert argv == ["qmo", "quantize"] and path.startswith("/venv/bin:"), image
     with pytest.raises(ValueError, match="no local environment"):
         ENVIRONMENTS.command("nginx:1.27", ["nginx"])
     with pytest.raises(ValueError, match="make vllm"):

@@ -178,8 +178,11 @@ def test_unsupported_combinations_fail_at_once_with_the_flag(tmp_path: Path) -> 
         text=True,
         timeout=60,
     )
-    assert legacy.returncode == 2
-    assert "quantizer-legacy" in legacy.stderr
+    # AutoGPTQ refuses to quantize without CUDA: said before any download or load, no traceback.
+    assert legacy.returncode == 2, legacy.stderr[-2000:]
+    assert "--backend autogptq quantizes only on a CUDA GPU" in legacy.stderr
+    assert "--backend gptqmodel" in legacy.stderr
+    assert "Traceback" not in legacy.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

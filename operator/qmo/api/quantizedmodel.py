@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
+from qmo.api.backends import PER_CHANNEL_RULE, admission_rule, backend_problem, valid_pairs, worker_image
 from qmo.api.base import (
     DNS_SUBDOMAIN,
     ApiModel,
@@ -20,11 +21,9 @@ from qmo.api.versions import DEFAULT_VLLM_IMAGE
 QuantizationMethod = Literal[
     "awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4", "bitsandbytes-nf4", "none", "prequantized"
 ]
-QuantizationBackend = Literal["llm-compressor", "autoawq", "autogptq"]
+QuantizationBackend = Literal["llm-compressor", "autoawq", "autogptq", "gptqmodel"]
 KvCacheDtype = Literal["auto", "fp8", "bfloat16", "float16"]
 Phase = Literal["Pending", "Planning", "Quantizing", "Deploying", "Ready", "Degraded", "Failed"]
-
-DEFAULT_QUANTIZER_IMAGE = "ghcr.io/qmo-dev/quantizer:0.1.0"
 
 
 class HuggingFaceSource(ApiModel):
@@ -181,12 +180,14 @@ class QuantizationSpec(ApiModel):
                     "message": "w8a8 supports bits 8 only",
                 },
                 {
-                    "rule": "self.backend != 'autoawq' || self.method == 'awq'",
-                    "message": "backend autoawq supports method awq only",
+                    "rule": admission_rule(),
+                    "message": f"backend and method are not a valid pair: {valid_pairs()}",
+                    "fieldPath": ".backend",
                 },
                 {
-                    "rule": "self.backend != 'autogptq' || self.method == 'gptq'",
-                    "message": "backend autogptq supports method gptq only",
+                    "rule": PER_CHANNEL_RULE,
+                    "message": "groupSize -1 (per channel) is llm-compressor's only; legacy backends use 32, 64 or 128",
+                    "fieldPath": ".groupSize",
                 },
             ]
         }
@@ -206,7 +207,9 @@ class QuantizationSpec(ApiModel):
     dampening: float = Field(default=0.01, gt=0, le=1)
     """GPTQ Hessian dampening fraction."""
     backend: QuantizationBackend = "llm-compressor"
-    """llm-compressor (maintained); autoawq / autogptq run in the legacy image (archived upstream)."""
+    """llm-compressor (maintained, every method, compressed-tensors output); autoawq (awq) and autogptq (gptq,
+    needs a GPU), archived upstream; gptqmodel (gptq, awq), AutoGPTQ's maintained successor. The legacy
+    three write the native awq/gptq formats, each from its own worker image."""
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     """Calibration data for awq, gptq and w8a8."""
     ignore: list[Annotated[str, Field(max_length=256)]] = Field(
@@ -226,10 +229,9 @@ class QuantizationSpec(ApiModel):
             raise ValueError("spec.quantization.bits: awq supports 4 only")
         if self.method == "w8a8" and self.bits not in (None, 8):
             raise ValueError("spec.quantization.bits: w8a8 supports 8 only")
-        if self.backend == "autoawq" and self.method != "awq":
-            raise ValueError("spec.quantization.backend: autoawq supports method awq only")
-        if self.backend == "autogptq" and self.method != "gptq":
-            raise ValueError("spec.quantization.backend: autogptq supports method gptq only")
+        if (problem := backend_problem(self.backend, self.method, self.group_size)) is not None:
+            field = "groupSize" if "group size" in problem else "backend"
+            raise ValueError(f"spec.quantization.{field}: {problem}")
         return self
 
     @property
@@ -491,12 +493,17 @@ class CacheSpec(ApiModel):
 class QuantizeJobSpec(ApiModel):
     """Settings of the quantize Job (only for methods that need one)."""
 
-    image: str = Field(default=DEFAULT_QUANTIZER_IMAGE, max_length=512)
-    """Quantizer image (llm-compressor; the legacy image for autoawq/autogptq)."""
+    image: str | None = Field(default=None, max_length=512)
+    """Quantizer image. Default: the backend's own, ghcr.io/qmo-dev/quantizer (llm-compressor) or
+    ghcr.io/qmo-dev/quantizer-<backend> (autoawq, autogptq, gptqmodel), each built from its lock."""
     resources: PassThroughObject | None = None
     """CPU/memory for the quantizer; GPUs come from the plan."""
     active_deadline_seconds: int = Field(default=21600, ge=60, le=7 * 24 * 3600)
     """Hard time limit of the Job."""
+
+    def image_for(self, backend: str) -> str:
+        return self.image or worker_image(backend)
+
     backoff_limit: int = Field(default=2, ge=0, le=20)
     """Retries of a failed quantize pod."""
     node_selector: dict[str, str] = Field(default_factory=dict)

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -94,6 +95,8 @@ def evaluation_texts(args: argparse.Namespace) -> tuple[Iterable[str] | None, st
 
 
 def run(args: argparse.Namespace) -> int:
+    from qmo.engine.install import EngineInstallError
+    from qmo.quantizer.legacy import worker_command
     from qmo.quantizer.recipes import Recipe, RecipeError, validate
     from qmo.quantizer.worker import Options, SourceError, WorkerError
     from qmo.quantizer.worker import run as run_worker
@@ -125,6 +128,24 @@ def run(args: argparse.Namespace) -> int:
         evaluate=args.evaluate,
         eval_tokens=args.eval_tokens,
     )
+    try:
+        validate(recipe)
+        command = worker_command(recipe.backend, list(args.qmo_argv))
+    except RecipeError as error:
+        print(f"qmo quantize: {error}", file=sys.stderr)
+        _fail(args.termination_log, str(error))
+        return 2
+    except EngineInstallError as error:
+        print(f"qmo quantize: {error}", file=sys.stderr)
+        _fail(args.termination_log, str(error))
+        return 1
+    if command is not None:
+        argv, environment = command
+        logging.getLogger("qmo.quantizer").info("running the %s worker in %s", recipe.backend, argv[0])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # exec, not a child: the Job's signals (and its exit code) reach the worker itself.
+        os.execve(argv[0], argv, environment)
     if args.evaluate:
         try:
             options.eval_texts, options.eval_dataset = evaluation_texts(args)
@@ -133,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
             _fail(args.termination_log, str(error))
             return 2
     try:
-        validate(recipe)
         summary = run_worker(options)
     except (RecipeError, SourceError) as error:
         print(f"qmo quantize: {error}", file=sys.stderr)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qmo.api.artifact import ArtifactJobSpec, ModelArtifactSpec
+from qmo.api.backends import BACKENDS
 from qmo.api.base import API_VERSION
 from qmo.api.quantizedmodel import ModelSource, PlanStatus, QuantizationSpec, QuantizedModelSpec
 from qmo.desired.artifact import (
@@ -208,6 +209,14 @@ class ModelIntent:
 def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
     """Plan the model on its GPU class and derive the artifact and the serving objects."""
     spec, gpu = snapshot.spec, snapshot.gpu
+    backend = BACKENDS[spec.quantization.backend]
+    if backend.needs_gpu and gpu.spec.device == "cpu" and spec.quantization.method in backend.methods:
+        return Failure(
+            "BackendNeedsGPU",
+            f"spec.quantization.backend: {backend.name} quantizes only on a GPU and GPU class"
+            f" {gpu.spec.name!r} is a CPU class; choose a GPU class, or backend gptqmodel (the same gptq"
+            " format, quantized on CPU)",
+        )
     request = plan_request(spec)
     replan = snapshot.old.get("replan") or {}
     if replan.get("generation") == snapshot.generation:
@@ -238,7 +247,7 @@ def plan_model(snapshot: ModelSnapshot) -> ModelIntent | Failure:
         predicted_bytes=serving_plan.checkpoint_bytes,
         evaluation=spec.quantization.evaluation,
         job=ArtifactJobSpec(
-            image=spec.quantize_job.image,
+            image=spec.quantize_job.image_for(recipe.backend),
             gpus=0 if recipe.method in ("none", "prequantized") or gpu.spec.device == "cpu" else 1,
             gpu_resource_name=gpu.placement.resource_name,
             device="cpu" if gpu.spec.device == "cpu" else "gpu",

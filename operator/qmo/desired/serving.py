@@ -67,6 +67,7 @@ def plan_request(spec: QuantizedModelSpec) -> PlanRequest:
         bits=quantization.effective_bits,
         group_size=quantization.group_size,
         symmetric=quantization.symmetric,
+        backend=quantization.backend,
         kv_cache_dtype=serving.kv_cache_dtype,
         max_model_len=serving.max_model_len,
         max_num_seqs=max_num_seqs_for(max_num_seqs=serving.max_num_seqs, concurrency=serving.concurrency),

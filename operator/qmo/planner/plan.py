@@ -65,6 +65,8 @@ class PlanRequest:
     bits: int | None = None
     group_size: int | None = None
     symmetric: bool | None = None
+    backend: str = "llm-compressor"
+    """Which backend quantizes: it decides the checkpoint's format (compressed-tensors or native awq/gptq)."""
     kv_cache_dtype: str = "auto"
     dtype: str = "auto"
     max_model_len: int | None = None
@@ -410,6 +412,7 @@ def plan(
         bits=request.bits,
         group_size=request.group_size,
         symmetric=request.symmetric,
+        backend=request.backend,
     )
     batched = request.max_num_batched_tokens or default_max_num_batched_tokens(
         gpu.memory_gib, gpu.name, request.max_num_seqs
@@ -616,11 +619,17 @@ def predict_checkpoint_bytes(
     group_size: int | None = None,
     symmetric: bool | None = None,
     dtype: str = "auto",
+    backend: str = "llm-compressor",
 ) -> int:
-    """Tensor bytes of the safetensors files the given method writes (llm-compressor 0.14 layouts)."""
+    """Tensor bytes of the safetensors files the given method and backend write."""
     arch = parse_architecture(config)
     fmt = resolve_format(
-        arch, quantization=quantization, bits=bits, group_size=group_size, symmetric=symmetric
+        arch,
+        quantization=quantization,
+        bits=bits,
+        group_size=group_size,
+        symmetric=symmetric,
+        backend=backend,
     )
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise PlanningError(

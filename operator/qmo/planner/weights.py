@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from qmo.api.backends import BACKENDS, DEFAULT_BACKEND, output_format
 from qmo.planner.architecture import VOCAB_PADDING, Architecture, Linear, Tensor
 from qmo.planner.errors import PlanningError
 
@@ -103,8 +104,11 @@ def resolve_format(
     bits: int | None = None,
     group_size: int | None = None,
     symmetric: bool | None = None,
+    backend: str = DEFAULT_BACKEND,
 ) -> WeightFormat:
-    """The format the served checkpoint will have: the config's own quantization_config wins."""
+    """The format the served checkpoint will have: the config's own quantization_config wins; otherwise
+    what ``backend`` writes for the method (llm-compressor: compressed-tensors; AutoAWQ and GPTQModel's
+    awq: the AutoAWQ GEMM layout; AutoGPTQ and GPTQModel's gptq: the GPTQ layout)."""
     ckpt = DTYPE_BYTES[arch.torch_dtype]
     if arch.quantization_config is not None:
         return _from_quantization_config(arch.quantization_config, ckpt)
@@ -129,9 +133,19 @@ def resolve_format(
         b = 4 if bits is None else bits
         if b not in (4, 8):
             raise PlanningError(f"bits must be 4 or 8 for {quantization}, got {b}", field="bits")
-        # llm-compressor's defaults: GPTQ is W4A16 (symmetric), AWQ is W4A16_ASYM (zero points).
+        # Every backend's defaults: GPTQ is W4A16 (symmetric), AWQ is W4A16_ASYM (zero points).
         sym = (quantization == "gptq") if symmetric is None else symmetric
-        return WeightFormat(quantization, "ct-pack", b, 128 if group_size is None else group, sym, ckpt)
+        group = 128 if group_size is None else group
+        if backend not in BACKENDS:
+            raise PlanningError(
+                f"backend {backend!r} is not supported; supported: {', '.join(BACKENDS)}", field="backend"
+            )
+        written = output_format(backend, quantization)
+        if written == "compressed-tensors":
+            return WeightFormat(quantization, "ct-pack", b, group, sym, ckpt)
+        # The native formats are served in float16, as a checkpoint that arrives with them (below).
+        layout: Layout = "autoawq" if written == "awq" else "autogptq"
+        return WeightFormat(quantization, layout, b, group, sym, ckpt, checkpoint_dtype="float16")
     if bits is not None and quantization != "bitsandbytes-nf4" and bits != {"nvfp4": 4}.get(quantization, 8):
         raise PlanningError(f"bits {bits} does not apply to quantization {quantization!r}", field="bits")
     if quantization == "w8a8":

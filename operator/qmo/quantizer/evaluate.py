@@ -90,12 +90,52 @@ def _log_probs(model: Any, ids: list[int], device: str) -> Any:
         return torch.log_softmax(logits.float(), dim=-1)
 
 
+def _dtype_argument(dtype: Any) -> dict[str, Any]:
+    """transformers 5 says ``dtype``; the archived backends' 4.51 says ``torch_dtype`` (and would keep an
+    unknown ``dtype`` as a config attribute, loading float32)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+
+
+def load_causal_lm(path: Path, dtype: Any) -> Any:
+    """The checkpoint as a plain transformers model in ``dtype``, in eval mode.
+
+    A native AWQ/GPTQ checkpoint (the legacy backends' output) is dequantized exactly instead of being
+    loaded through its kernels: those need CUDA, or on CPU IPEX, which computes differently. What is
+    measured is then exactly what the checkpoint holds."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads((path / "config.json").read_text())
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method not in ("awq", "gptq"):
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **_dtype_argument(dtype))
+        return model.eval()
+    from qmo.quantizer.packing import dequantized_state_dict
+
+    plain = AutoConfig.from_pretrained(path)
+    if hasattr(plain, "quantization_config"):
+        del plain.quantization_config
+    model = AutoModelForCausalLM.from_config(plain)
+    state = dequantized_state_dict(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # A tied lm_head is the embedding itself and is not stored; anything else missing is a broken checkpoint.
+    tied = {"lm_head.weight"} if getattr(plain, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(
+            f"{path}: the dequantized weights do not fit the architecture (missing {sorted(set(missing) - tied)[:5]},"
+            f" unexpected {sorted(unexpected)[:5]})"
+        )
+    if tied:
+        model.tie_weights()
+    return model.to(dtype).eval()
+
+
 def _load(path: Path, device: str) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    return model.to(device).eval()
+    return load_causal_lm(path, torch.bfloat16).to(device)
 
 
 def _free(model: Any) -> None:
@@ -116,12 +156,11 @@ def evaluate(
     budget: int = DEFAULT_TOKEN_BUDGET,
 ) -> Quality:
     import torch
-    from transformers import AutoTokenizer
+
+    from qmo.quantizer.legacy import load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(
-        artifact if (artifact / "tokenizer_config.json").exists() else source
-    )
+    tokenizer = load_tokenizer(artifact if (artifact / "tokenizer_config.json").exists() else source)
     chunks = token_chunks(tokenizer, texts if texts is not None else builtin_texts(), budget=budget)
     if not chunks:
         raise ValueError(f"the evaluation text {dataset!r} gives fewer than 2 tokens")

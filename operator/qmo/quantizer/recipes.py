@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from qmo.api.backends import BACKENDS as BACKEND_TABLE
+from qmo.api.backends import backend_problem
+
 METHODS = ("none", "prequantized", "awq", "gptq", "w8a8", "fp8", "fp8-dynamic", "nvfp4")
-BACKENDS = ("llm-compressor", "autoawq", "autogptq")
+BACKENDS = tuple(BACKEND_TABLE)
 COPY_ONLY = frozenset({"none", "prequantized"})
 CALIBRATED = frozenset({"awq", "gptq", "w8a8", "fp8", "nvfp4"})
 
@@ -69,12 +72,8 @@ def validate(recipe: Recipe) -> None:
         )
     if recipe.method not in METHODS:
         raise RecipeError(f"--method {recipe.method!r} is not one of {', '.join(METHODS)}")
-    if recipe.backend not in BACKENDS:
-        raise RecipeError(f"--backend {recipe.backend!r} is not one of {', '.join(BACKENDS)}")
-    if recipe.backend == "autoawq" and recipe.method != "awq":
-        raise RecipeError(f"--backend autoawq supports --method awq only, not {recipe.method}")
-    if recipe.backend == "autogptq" and recipe.method != "gptq":
-        raise RecipeError(f"--backend autogptq supports --method gptq only, not {recipe.method}")
+    if (problem := backend_problem(recipe.backend, recipe.method, recipe.group_size)) is not None:
+        raise RecipeError(f"--{problem}")
     bits = recipe.effective_bits()
     if recipe.method == "awq" and bits != 4:
         raise RecipeError(f"--bits {bits} is not valid for awq: 4")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qmo import __version__
+from qmo.api.backends import DEFAULT_BACKEND
 from qmo.quantizer.recipes import COPY_ONLY, Recipe, RecipeError, build_modifiers, validate
 
 log = logging.getLogger("qmo.quantizer")
@@ -262,6 +263,34 @@ class LayerProgress:
 
 
 def quantize_into(source: Path, partial: Path, options: Options) -> dict[str, Any]:
+    """Quantize the source into ``partial`` with the recipe's backend, then validate and evaluate it."""
+    backend = options.recipe.backend
+    if backend == DEFAULT_BACKEND:
+        tokenizer = _llm_compressor(source, partial, options)
+    else:
+        from qmo.quantizer.legacy import quantize_with
+
+        tokenizer, recorded = quantize_with(backend, source, partial, options)
+        log.info("%s: %s", backend, json.dumps(recorded, sort_keys=True, default=str))
+    with _Timer(options.timings, "validate"):
+        validation = validate_logits(source, partial, tokenizer, options)
+    if options.evaluate:
+        from qmo.quantizer.evaluate import BUILTIN_DATASET, evaluate, write_quality
+
+        with _Timer(options.timings, "evaluate"):
+            quality = evaluate(
+                source,
+                partial,
+                texts=options.eval_texts,
+                dataset=options.eval_dataset or BUILTIN_DATASET,
+                budget=options.eval_tokens,
+            )
+        write_quality(partial, quality)
+        log.info("quality: %s", json.dumps(quality.as_dict(), sort_keys=True))
+    return validation
+
+
+def _llm_compressor(source: Path, partial: Path, options: Options) -> Any:
     """Run llm-compressor on the source and save a compressed-tensors checkpoint into ``partial``."""
     import torch
     from datasets import Dataset
@@ -300,32 +329,20 @@ def quantize_into(source: Path, partial: Path, options: Options) -> dict[str, An
     with _Timer(options.timings, "save"):
         model.save_pretrained(partial, save_compressed=True)
         tokenizer.save_pretrained(partial)
-    with _Timer(options.timings, "validate"):
-        validation = validate_logits(source, partial, tokenizer, options)
-    del model  # the evaluation loads each model on its own; never two beside the one being quantized
-    if options.evaluate:
-        from qmo.quantizer.evaluate import BUILTIN_DATASET, evaluate, write_quality
-
-        with _Timer(options.timings, "evaluate"):
-            quality = evaluate(
-                source,
-                partial,
-                texts=options.eval_texts,
-                dataset=options.eval_dataset or BUILTIN_DATASET,
-                budget=options.eval_tokens,
-            )
-        write_quality(partial, quality)
-        log.info("quality: %s", json.dumps(quality.as_dict(), sort_keys=True))
-    return validation
+    # Validation and evaluation load each model on their own: never two beside the one being quantized.
+    del model
+    return tokenizer
 
 
 def validate_logits(source: Path, result: Path, tokenizer: Any, options: Options) -> dict[str, Any]:
-    """Reload the result as vLLM would (from disk, compressed-tensors) and compare logits with the source."""
+    """Reload the result from disk as written (compressed-tensors through transformers; native awq/gptq
+    dequantized exactly, see ``qmo.quantizer.packing``) and compare logits with the source."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    quantized = AutoModelForCausalLM.from_pretrained(result, dtype=torch.float32).eval()
+    from qmo.quantizer.evaluate import load_causal_lm
+
+    reference = load_causal_lm(source, torch.float32)
+    quantized = load_causal_lm(result, torch.float32)
     prompts = list(BUILTIN_CALIBRATION[: options.validation_prompts])
     max_abs = 0.0
     relative: list[float] = []
@@ -350,7 +367,15 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"qmo": __version__}
-    for package in ("torch", "transformers", "llmcompressor", "compressed-tensors"):
+    for package in (
+        "torch",
+        "transformers",
+        "llmcompressor",
+        "compressed-tensors",
+        "autoawq",
+        "auto-gptq",
+        "gptqmodel",
+    ):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
@@ -427,10 +452,10 @@ def run(options: Options) -> dict[str, Any]:
         summary = summary_of(out, manifest, reused=True)
         write_termination(options, summary)
         return summary
-    if options.recipe.backend != "llm-compressor":
-        from qmo.quantizer.legacy import require_legacy_backend
+    if options.recipe.backend != DEFAULT_BACKEND and options.recipe.method not in COPY_ONLY:
+        from qmo.quantizer.legacy import require_runnable
 
-        require_legacy_backend(options.recipe.backend)
+        require_runnable(options.recipe.backend)
     started = time.monotonic()
     with _Timer(options.timings, "download"):
         source = resolve_source(options)

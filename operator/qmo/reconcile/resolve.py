@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from qmo.api.backends import DEFAULT_BACKEND
 from qmo.api.quantizedmodel import ModelSource, QuantizedModelSpec
 from qmo.desired.artifact import build_inspect_job
 from qmo.desired.common import Owner
@@ -74,7 +75,7 @@ class SourceResolver:
                     namespace=namespace,
                     name=job_name,
                     source=pvc,
-                    image=spec.quantize_job.image,
+                    image=spec.quantize_job.image_for(DEFAULT_BACKEND),
                     pod_annotations=dict(spec.quantize_job.pod_annotations),
                 )
             )

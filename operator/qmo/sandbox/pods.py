@@ -47,7 +47,9 @@ class Environments:
             if argv[:2] == ["vllm", "serve"]:
                 return [str(self.engine_python), *pip_wheel_entrypoint(argv[2:])], path
             return argv, path
-        if repository.endswith("/quantizer") or repository.endswith("/qmo"):
+        if repository.rsplit("/", 1)[-1].startswith("quantizer") or repository.endswith("/qmo"):
+            # Every worker image (quantizer, quantizer-<backend>) runs `qmo quantize` from .venv, which
+            # re-runs itself in the backend's locked environment: the same one that backend's image holds.
             return argv, f"{self.worker_bin}:{host_path}"
         raise ValueError(f"image {image!r} has no local environment (this node runs qmo's and vLLM's images)")
 
