@@ -81,6 +81,41 @@ def test_own_writes_are_read_back_until_the_watch_catches_up() -> None:
     assert cache.get("Pod", "ns", "new") is None and cache.written == {}
 
 
+def test_a_reconcile_takes_the_newest_body_known_over_the_one_it_was_handed() -> None:
+    handed = {**obj("Pod", "a", 5), "status": {"phase": "Quantizing"}}
+    handed["metadata"]["uid"] = "u1"
+    cache, index, _ = cache_with(handed)
+    assert cache.latest("Pod", handed) is handed  # nothing newer known
+    written = {**obj("Pod", "a", 7), "status": {"phase": "Deploying"}}
+    written["metadata"]["uid"] = "u1"
+    cache.remember(written)  # the reconcile ahead of this one wrote the status meanwhile
+    assert cache.latest("Pod", handed)["status"] == {"phase": "Deploying"}
+    newer_handed = {**obj("Pod", "a", 8), "status": {"phase": "Ready"}}
+    newer_handed["metadata"]["uid"] = "u1"
+    assert cache.latest("Pod", newer_handed) is newer_handed
+    replaced = obj("Pod", "a", 9)
+    replaced["metadata"]["uid"] = "u2"  # deleted and created again under the same name: another object
+    index.put(replaced)
+    assert cache.latest("Pod", handed) is handed
+    assert cache.latest("Deployment", handed) is handed  # a kind not watched here
+
+
+def test_an_older_answer_handled_late_does_not_hide_a_newer_one() -> None:
+    cache, _, _ = cache_with(obj("Pod", "a", 5))
+    cache.remember(obj("Pod", "a", 8, phase="Ready"))
+    cache.remember(obj("Pod", "a", 7, phase="Quantizing"))  # a concurrent write's answer, handled later
+    assert (cache.get("Pod", "ns", "a") or {})["metadata"]["labels"] == {"phase": "Ready"}
+
+
+def test_own_writes_are_read_back_however_long_the_watch_lags() -> None:
+    cache, index, clock = cache_with(obj("Pod", "a", 5, phase="Quantizing"))
+    cache.remember(obj("Pod", "a", 7, phase="Ready"))
+    clock.now = 120.0  # the watch is far behind (a fleet converging): its older version is no answer
+    assert (cache.get("Pod", "ns", "a") or {})["metadata"]["labels"] == {"phase": "Ready"}
+    index.put(obj("Pod", "a", 7, phase="Ready"))
+    assert cache.get("Pod", "ns", "a") is not None and cache.written == {}
+
+
 def test_a_deletion_by_qmo_drops_what_it_wrote() -> None:
     cache, _, _ = cache_with()
     cache.remember(obj("Pod", "gone", 3))

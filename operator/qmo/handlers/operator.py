@@ -190,6 +190,10 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         started = time.perf_counter()
         try:
             async with rt.lock(body["metadata"]["uid"]):
+                if rt.kube.cache is not None:
+                    body = rt.kube.cache.latest(kind, body)  # what the reconcile ahead of this one wrote
+                    if body["metadata"].get("deletionTimestamp"):
+                        return Outcome(phase=GONE)  # deleted while this reconcile waited: nothing to do
                 for attempt in range(1, CONFLICT_ATTEMPTS + 1):
                     try:
                         outcome = await reconcile(body)
