@@ -9,7 +9,14 @@ import pytest
 
 from qmo.desired.jobs import job_seconds, job_state, termination_message
 from qmo.desired.serving import serving_args
-from qmo.desired.status import condition, deployment_rollout, merge_patch_for, status_write
+from qmo.desired.status import (
+    comparable_as_sent,
+    condition,
+    deployment_rollout,
+    guarded_status_write,
+    merge_patch_for,
+    status_write,
+)
 from qmo.reconcile.artifact import summary_fields
 
 
@@ -138,6 +145,48 @@ def test_summary_fields_take_what_is_well_formed_and_ignore_the_rest() -> None:
 def test_status_writes_are_bound_to_the_resource_version_they_were_computed_from() -> None:
     meta = {"name": "m", "resourceVersion": "41"}
     assert status_write(meta, {"users": 3}) == {"metadata": {"resourceVersion": "41"}, "status": {"users": 3}}
+
+
+def test_a_model_status_write_tests_what_it_was_decided_from_not_the_resource_version() -> None:
+    meta = {"name": "m", "resourceVersion": "41", "generation": 3}
+    old = {"phase": "Deploying", "message": "0/1 replicas ready", "plan": {"weightsGiBPerGpu": 5.49}}
+    write, json_patch = guarded_status_write(meta, old, {"phase": "Ready", "message": None, "a/b": 1})
+    # A metadata-only write in between (kopf's annotations, a label) changes neither: the write still holds.
+    assert json_patch
+    assert write == [
+        {"op": "test", "path": "/metadata/generation", "value": 3},
+        {"op": "test", "path": "/status", "value": old},
+        {"op": "add", "path": "/status/phase", "value": "Ready"},
+        {"op": "remove", "path": "/status/message"},
+        {"op": "add", "path": "/status/a~1b", "value": 1},
+    ]
+
+
+@pytest.mark.parametrize(
+    "old",
+    [
+        {},  # no status yet: nothing to test against
+        {"message": "perplexity > 2%"},  # Go writes > as \u003e: the server's text would never match
+        {"plan": {"errorPercent": 0.00001}},  # Go: 0.00001, Python: 1e-05
+        {"message": "caf\u00e9"},  # Go writes non-ASCII raw, Python escaped
+    ],
+)
+def test_a_status_the_server_would_not_compare_equal_keeps_the_resource_version_guard(
+    old: dict[str, Any],
+) -> None:
+    meta = {"name": "m", "resourceVersion": "41", "generation": 3}
+    assert guarded_status_write(meta, old, {"phase": "Ready"}) == (
+        status_write(meta, {"phase": "Ready"}),
+        False,
+    )
+
+
+def test_values_compared_on_the_server_as_python_writes_them() -> None:
+    assert comparable_as_sent({"a": [1, True, None, 0.9, 79.18, "x-y (z)\n"], "b": {"c": 123456.5}})
+    assert not comparable_as_sent({"a": 5e-05})
+    assert not comparable_as_sent({"a": 1e16})
+    assert not comparable_as_sent({"a": 2.0})  # Go writes 2
+    assert not comparable_as_sent(["a&b"])
 
 
 def test_the_workers_quality_figures_reach_the_artifact_status_in_camel_case() -> None:

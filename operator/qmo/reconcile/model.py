@@ -9,6 +9,7 @@ causes no writes at all.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -41,9 +42,9 @@ from qmo.desired.status import (
     condition,
     deployment_rollout,
     format_validation_error,
+    guarded_status_write,
     merge_patch_for,
     now_rfc3339,
-    status_write,
 )
 from qmo.reconcile.autoscaling import DISCOVERY_TTL_SECONDS, AutoscalingDiscovery
 from qmo.reconcile.gpus import NodeShapes, UnknownGPUClass, resolve_gpu
@@ -95,6 +96,8 @@ class ModelReconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         old_status: dict[str, Any] = dict(body.get("status") or {})
+        # The status as the server holds it, which the write tests: untouched by whatever decides below.
+        decided_from: dict[str, Any] = copy.deepcopy(old_status)
         generation = meta.get("generation")
         now = now_rfc3339()
         replanned = old_status
@@ -140,8 +143,9 @@ class ModelReconciler:
         status["observedGeneration"] = generation
         patch = merge_patch_for(old_status, status)
         if patch is not None:
+            write, json_patch = guarded_status_write(meta, decided_from, patch)
             await self.kube.patch(
-                "QuantizedModel", namespace, name, status_write(meta, patch), subresource="status"
+                "QuantizedModel", namespace, name, write, json_patch=json_patch, subresource="status"
             )
         if status.get("phase") == old_status.get("phase"):
             events = [e for e in events if e.type == "Warning" and patch is not None]
