@@ -291,8 +291,16 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     async def model_changed(body: kopf.Body, **_: Any) -> None:
         await reconcile_model(body)
 
+    # The first tick waits one interval: a kopf timer without initial_delay fires the moment kopf first sees
+    # the object, beside the create (or resume) handler, and that second reconcile of every new model raced
+    # kopf's finalizer patch and had its first status write refused (about once per model in a fleet).
     @kopf.timer(
-        GROUP, "quantizedmodels", id="resync-model", interval=config.resync_seconds, registry=registry
+        GROUP,
+        "quantizedmodels",
+        id="resync-model",
+        interval=config.resync_seconds,
+        initial_delay=config.resync_seconds,
+        registry=registry,
     )
     async def model_resync(body: kopf.Body, **_: Any) -> None:
         # The object from the watch cache (no request; a GET without it). It can lag behind the API server
@@ -317,7 +325,12 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         await reconcile_artifact(body)
 
     @kopf.timer(
-        GROUP, "modelartifacts", id="resync-artifact", interval=config.resync_seconds, registry=registry
+        GROUP,
+        "modelartifacts",
+        id="resync-artifact",
+        interval=config.resync_seconds,
+        initial_delay=config.resync_seconds,  # as for models
+        registry=registry,
     )
     async def artifact_resync(body: kopf.Body, **_: Any) -> None:
         fresh = await current("ModelArtifact", body, fresh=False)  # as for models
