@@ -33,6 +33,14 @@ TOKENIZER_FILES = (
 )
 
 
+def _number(value: Any) -> float | str:
+    """A module's loss; GPTQModel logs some (AWQ's) as "not applicable"."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 @contextlib.contextmanager
 def _private_working_directory() -> Iterator[Path]:
     """GPTQModel writes ``./logs`` (and nothing else we want) relative to the working directory: give it a
@@ -112,7 +120,7 @@ def quantize(
         model.save(str(partial))
         timings["save_s"] = round(time.monotonic() - started, 3)
         losses = [
-            {"layer": entry.get("layer"), "module": entry.get("module"), "loss": float(entry["loss"])}
+            {"layer": entry.get("layer"), "module": entry.get("module"), "loss": _number(entry["loss"])}
             for entry in getattr(model, "quant_log", [])
             if entry.get("loss") is not None
         ]

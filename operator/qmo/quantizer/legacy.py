@@ -179,22 +179,29 @@ def _autoawq(
     return {"quant_config": quant_config}
 
 
-def _autogptq(
-    source: Path, partial: Path, options: Options, samples: list[list[int]], bits: int
-) -> dict[str, Any]:
-    import torch
-    from auto_gptq import AutoGPTQForCausalLM, BaseQuantizeConfig
-
-    from qmo.quantizer.worker import _Timer
+def autogptq_quantize_config(options: Options, bits: int) -> Any:
+    """The recipe as AutoGPTQ's BaseQuantizeConfig (its names: desc_act, sym, damp_percent)."""
+    from auto_gptq import BaseQuantizeConfig
 
     recipe = options.recipe
-    config = BaseQuantizeConfig(
+    return BaseQuantizeConfig(
         bits=bits,
         group_size=recipe.group_size,
         desc_act=recipe.act_order,
         sym=recipe.effective_symmetric(),
         damp_percent=recipe.dampening,
     )
+
+
+def _autogptq(
+    source: Path, partial: Path, options: Options, samples: list[list[int]], bits: int
+) -> dict[str, Any]:
+    import torch
+    from auto_gptq import AutoGPTQForCausalLM
+
+    from qmo.quantizer.worker import _Timer
+
+    config = autogptq_quantize_config(options, bits)
     with _Timer(options.timings, "load"):
         model = AutoGPTQForCausalLM.from_pretrained(str(source), config)
     examples = [
