@@ -2,17 +2,20 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml tests/requirements.txt | sha256sum | cut -c1-12)
 
-.PHONY: venv tools vllm worker-envs prereqs test-prereqs helm test test-unit test-cluster test-worker test-serving lint demo sandbox-build keda clean
+.PHONY: venv tools vllm worker-envs images prereqs test-prereqs helm test test-unit test-cluster test-worker test-serving lint demo sandbox-build keda clean
 
 venv: $(STAMP)
 
 # uv (pinned with its hash in operator/qmo/engine/uv.txt) installs it: pip takes minutes for torch's wheels.
-$(STAMP): pyproject.toml
+# Exactly the lock tests/requirements.txt (every file with its sha256), whose subsets the images install:
+# what the tests run on is what the images hold. qmo itself goes in editable, without dependencies.
+$(STAMP): pyproject.toml tests/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r operator/qmo/engine/uv.txt
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev,quantizer]'
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes -r tests/requirements.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 # System tools the tests use: Lua 5.1 runs the Argo CD health checks (Debian package, installed once).
@@ -32,6 +35,20 @@ vllm:
 # X's environment, and tests/worker quantizes with each for real.
 worker-envs:
 	PYTHONPATH=operator $(PYTHON) -m qmo engine install autoawq autogptq gptqmodel
+
+# The images, each from its lock (images/*/Dockerfile): the operator, and one quantize worker per backend,
+# tagged as the operator's defaults name them (qmo.api.backends.worker_image). Needs docker or podman;
+# tests/unit/test_images.py checks every Dockerfile against its lock where none is.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/qmo/__init__.py)
+IMAGES := operator quantizer quantizer-autoawq quantizer-autogptq quantizer-gptqmodel
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+images:
+	@test -n "$(CONTAINER_ENGINE)" && $(CONTAINER_ENGINE) info >/dev/null 2>&1 || { \
+		echo "make images: no working container engine (docker or podman) here;" \
+		"tests/unit/test_images.py checks each Dockerfile against its lock instead" >&2; exit 1; }
+	for image in $(IMAGES); do \
+		$(CONTAINER_ENGINE) build -f images/$$image/Dockerfile -t ghcr.io/qmo-dev/$$image:$(VERSION) . || exit 1; \
+	done
 
 # Builds the pinned control-plane binaries once into ~/.cache/qmo (a warm cache does not rebuild).
 sandbox-build:

@@ -260,3 +260,22 @@ def _cold_install(environment: LockedEnvironment, paths: EnginePaths, *, out: Te
     paths.stamp.write_text(json.dumps(stamp, indent=2) + "\n")
     print(f"{environment.title} ready in {stamp['seconds']:.0f} s", file=out)
     return stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qmo.engine.install split LOCK NAMES REST ONLY``: the lock without NAMES (comma-separated)
+    into REST, and NAMES alone into ONLY: how an image installs a lock with source builds the way
+    ``make worker-envs`` does (images/quantizer-autogptq)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 5 or args[0] != "split":
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    _, lock, names, rest_path, only_path = args
+    rest, only = split_lock(Path(lock).read_text(), tuple(names.split(",")))
+    Path(rest_path).write_text(rest)
+    Path(only_path).write_text(only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
