@@ -1,15 +1,20 @@
-"""Quantization speed on a GPU: random Llama-shaped models (1B and 8B), GPTQ and AWQ.
+"""Quantization speed on a GPU: random Llama-shaped models (1B and 8B), GPTQ and AWQ, per backend.
 
-Prints seconds per billion parameters and peak GPU memory for each. Needs a CUDA GPU for real figures;
-``--tiny`` runs the same path on a 2-layer model on CPU as a smoke test.
+Prints seconds per billion parameters (and, for llm-compressor, which runs in this process, peak GPU memory)
+for each. Needs a CUDA GPU for real figures; ``--tiny`` runs the same path on a 2-layer model on CPU as a
+smoke test. A legacy backend runs as the quantize Job runs it, ``qmo quantize --backend X`` in X's locked
+environment (``make worker-envs``); AutoGPTQ only on a GPU.
 
-    .venv/bin/python benchmarks/quantize_gpu.py                 # on a GPU machine
-    .venv/bin/python benchmarks/quantize_gpu.py --tiny          # anywhere
+    .venv/bin/python benchmarks/quantize_gpu.py                                   # on a GPU machine
+    .venv/bin/python benchmarks/quantize_gpu.py --backends autogptq,gptqmodel,autoawq
+    .venv/bin/python benchmarks/quantize_gpu.py --tiny --backends llm-compressor,gptqmodel   # anywhere
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,12 +66,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model on CPU (smoke test)")
     parser.add_argument("--methods", default="gptq,awq")
+    parser.add_argument(
+        "--backends", default="llm-compressor", help="comma-separated: llm-compressor,autoawq,..."
+    )
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=512)
     args = parser.parse_args()
 
     import torch
 
+    from qmo.api.backends import backend_problem
     from qmo.quantizer.recipes import Recipe
     from qmo.quantizer.worker import Options, run
 
@@ -78,27 +87,45 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             source = Path(tmp) / "source"
             parameters = make_model(source, shape)
-            for method in args.methods.split(","):
-                if torch.cuda.is_available():
-                    torch.cuda.reset_peak_memory_stats()
-                started = time.monotonic()
-                run(
-                    Options(
-                        recipe=Recipe(
+            for backend in args.backends.split(","):
+                for method in args.methods.split(","):
+                    if backend_problem(backend, method) is not None:
+                        continue
+                    out = Path(tmp) / f"{backend}-{method}"
+                    if torch.cuda.is_available():
+                        torch.cuda.reset_peak_memory_stats()
+                    started = time.monotonic()
+                    if backend == "llm-compressor":
+                        recipe = Recipe(
                             method=method, calibration_samples=samples, calibration_seq_len=seq_len
-                        ),
-                        out=Path(tmp) / method,
-                        source=source,
+                        )
+                        run(Options(recipe=recipe, out=out, source=source))
+                        peak = (
+                            torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+                        )
+                    else:
+                        command = [sys.executable, "-m", "qmo", "quantize", "--backend", backend]
+                        command += ["--method", method, "--source", str(source), "--out", str(out)]
+                        command += [
+                            "--calibration-samples",
+                            str(samples),
+                            "--calibration-seq-len",
+                            str(seq_len),
+                        ]
+                        done = subprocess.run(command, capture_output=True, text=True, check=False)
+                        if done.returncode != 0:
+                            print(
+                                f"{shape:>4} {backend} {method}: failed: {done.stderr.strip().splitlines()[-1]}"
+                            )
+                            continue
+                        peak = None
+                    seconds = time.monotonic() - started
+                    memory = f", peak GPU memory {peak:.1f} GiB" if peak is not None else ""
+                    print(
+                        f"{shape:>4} {backend:>14} {method:>5}: {seconds:8.1f} s total,"
+                        f" {seconds / (parameters / 1e9):8.1f} s per billion parameters{memory}"
+                        f" ({parameters / 1e9:.2f} B params)"
                     )
-                )
-                seconds = time.monotonic() - started
-                peak = (
-                    torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-                )
-                print(
-                    f"{shape:>4} {method:>5}: {seconds:8.1f} s total, {seconds / (parameters / 1e9):8.1f} s per"
-                    f" billion parameters, peak GPU memory {peak:.1f} GiB ({parameters / 1e9:.2f} B params)"
-                )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qmo.api.backends import BACKENDS
 from qmo.planner import GPUSpec, PlanningError, PlanRequest, ServingPlan, gpu_by_name, plan
 from qmo.planner.architecture import parse_architecture
 from qmo.planner.calibration import CalibrationRecord, load_records, select_record
@@ -67,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="none",
         metavar="{" + ",".join(QUANTIZATIONS) + "}",
         help="quantization method (a quantization_config in the config wins: the model is pre-quantized)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="llm-compressor",
+        choices=tuple(BACKENDS),
+        help="who quantizes: llm-compressor writes compressed-tensors, the others the native awq/gptq format",
     )
     parser.add_argument("--bits", type=_positive_int, help="weight bits for awq/gptq (default 4)")
     parser.add_argument(
@@ -226,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
         gpu = _gpu(args)
         request = PlanRequest(
             quantization=args.quantization,
+            backend=args.backend,
             bits=args.bits,
             group_size=args.group_size,
             kv_cache_dtype=args.kv_cache_dtype,
