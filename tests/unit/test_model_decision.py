@@ -396,3 +396,51 @@ def test_properties_of_every_decision(snap: ModelSnapshot) -> None:
     # The same snapshot gives the same decision.
     again = decide(snap)
     assert (again.status, again.apply, again.release) == (decision.status, decision.apply, decision.release)
+
+
+@pytest.mark.parametrize(
+    ("backend", "method", "quant_method"),
+    [
+        ("llm-compressor", "awq", "compressed-tensors"),
+        ("autoawq", "awq", "awq"),
+        ("gptqmodel", "gptq", "gptq"),
+    ],
+)
+def test_the_artifact_job_runs_the_backends_own_image_and_recipe(
+    backend: str, method: str, quant_method: str
+) -> None:
+    spec = {**SPEC, "quantization": {"method": method, "backend": backend}}
+    intent = intent_of(snapshot(spec=spec))
+    job = intent.artifact["spec"]["job"]
+    suffix = "" if backend == "llm-compressor" else f"-{backend}"
+    assert job["image"] == f"ghcr.io/qmo-dev/quantizer{suffix}:0.1.0"
+    assert intent.artifact["spec"]["recipe"]["backend"] == backend
+    # The plan sizes what that backend writes: AutoAWQ's and GPTQModel's native tensors, in float16.
+    plan = intent.serving_plan
+    assert plan.weight_format.startswith(method)
+    assert ("--dtype=float16" in plan.vllm_args) == (quant_method != "compressed-tensors"), plan.vllm_args
+
+
+def test_a_spec_image_wins_over_the_backends_default() -> None:
+    spec = {
+        **SPEC,
+        "quantization": {"method": "awq", "backend": "autoawq"},
+        "quantizeJob": {"image": "r/q:1"},
+    }
+    assert intent_of(snapshot(spec=spec)).artifact["spec"]["job"]["image"] == "r/q:1"
+
+
+def test_autogptq_on_a_cpu_class_fails_before_any_job_naming_the_cpu_alternative() -> None:
+    spec = {**SPEC, "quantization": {"method": "gptq", "backend": "autogptq"}}
+    snap = snapshot(spec=spec)
+    cpu = dataclasses.replace(BUILTIN_GPUS["h100-80gb"], name="cpu", device="cpu")
+    failure = plan_model(dataclasses.replace(snap, gpu=ResolvedGPU(spec=cpu, placement=Placement())))
+    assert isinstance(failure, Failure) and failure.reason == "BackendNeedsGPU"
+    assert "spec.quantization.backend" in failure.message and "gptqmodel" in failure.message
+    # The same model on a GPU class plans (its Job gets the GPU).
+    assert (
+        intent_of(snapshot(spec={**spec, "serving": {"gpuClass": "h100-80gb"}})).artifact["spec"]["job"][
+            "gpus"
+        ]
+        == 1
+    )
