@@ -17,8 +17,9 @@ __all__ = [
 ]
 
 
-def quantize_with_qmo(source: Path, method: str, out: Path) -> Path:
-    """``qmo quantize`` as the Job runs it (a subprocess, its CLI flags), with a small calibration set."""
+def quantize_with_qmo(source: Path, method: str, out: Path, *, backend: str = "llm-compressor") -> Path:
+    """``qmo quantize`` as the Job runs it (a subprocess, its CLI flags), with a small calibration set; a
+    legacy backend runs in its locked environment (``make worker-envs``)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -27,6 +28,8 @@ def quantize_with_qmo(source: Path, method: str, out: Path) -> Path:
             "quantize",
             "--method",
             method,
+            "--backend",
+            backend,
             "--source",
             str(source),
             "--out",
@@ -42,7 +45,9 @@ def quantize_with_qmo(source: Path, method: str, out: Path) -> Path:
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"qmo quantize --method {method} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"qmo quantize --method {method} --backend {backend} failed:\n{result.stderr[-3000:]}"
+        )
     return out
 
 

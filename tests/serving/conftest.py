@@ -25,8 +25,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from tiny_models import build_tiny_llama, quantize_with_qmo
 
-# Methods the CPU engine serves: llm-compressor's outputs (CPU WNA16 for gptq/awq, int8 scaled-mm for w8a8).
-QUANTIZED_METHODS = ("gptq", "awq", "w8a8", "fp8-dynamic")
+# What the CPU engine serves, label -> (backend, method): llm-compressor's compressed-tensors outputs (CPU
+# WNA16 for gptq/awq, int8 scaled-mm for w8a8) and the legacy backends' native awq/gptq (vLLM's AWQ and
+# GPTQ methods, on the same CPU kernel).
+ARTIFACTS = {
+    "gptq": ("llm-compressor", "gptq"),
+    "awq": ("llm-compressor", "awq"),
+    "w8a8": ("llm-compressor", "w8a8"),
+    "fp8-dynamic": ("llm-compressor", "fp8-dynamic"),
+    "autoawq-awq": ("autoawq", "awq"),
+    "gptqmodel-gptq": ("gptqmodel", "gptq"),
+    "gptqmodel-awq": ("gptqmodel", "awq"),
+}
+QUANTIZED_METHODS = tuple(ARTIFACTS)
 STARTUP_DEADLINE_S = 600.0
 _SERVING_LINE = re.compile(r"^serving (\S+) at (http://\S+) ")
 _PID_LINE = re.compile(r"pid (\d+)\)")
@@ -56,8 +67,8 @@ def tiny_source(serving_tmp: Path) -> Path:
 @pytest.fixture(scope="session")
 def artifacts(tiny_source: Path, serving_tmp: Path) -> dict[str, Path]:
     return {
-        method: quantize_with_qmo(tiny_source, method, serving_tmp / f"tiny-llama-{method}")
-        for method in QUANTIZED_METHODS
+        label: quantize_with_qmo(tiny_source, method, serving_tmp / f"tiny-llama-{label}", backend=backend)
+        for label, (backend, method) in ARTIFACTS.items()
     }
 
 
