@@ -17,7 +17,9 @@ __all__ = [
 ]
 
 
-def quantize_with_qmo(source: Path, method: str, out: Path, *, backend: str = "llm-compressor") -> Path:
+def quantize_with_qmo(
+    source: Path, method: str, out: Path, *, backend: str = "llm-compressor", evaluate: bool = True
+) -> Path:
     """``qmo quantize`` as the Job runs it (a subprocess, its CLI flags), with a small calibration set; a
     legacy backend runs in its locked environment (``make worker-envs``)."""
     result = subprocess.run(
@@ -38,6 +40,7 @@ def quantize_with_qmo(source: Path, method: str, out: Path, *, backend: str = "l
             "8",
             "--calibration-seq-len",
             "32",
+            *([] if evaluate else ["--no-eval"]),
         ],
         capture_output=True,
         text=True,

@@ -343,3 +343,19 @@ def test_tiny_model_config_is_what_the_builder_saves(tiny_llama: Path) -> None:
     saved = json.loads((tiny_llama / "config.json").read_text())
     described = tiny_llama_config(vocab_size=128)
     assert {key: saved.get(key) for key in described} == described
+
+
+def test_an_unreadable_calibration_dataset_is_reported_in_one_line(tiny_llama: Path, tmp_path: Path) -> None:
+    """The Job's termination message (what the artifact's status shows) names the dataset, no traceback."""
+    out = tmp_path / "artifact"
+    log = tmp_path / "termination-log"
+    missing = tmp_path / "no-such-calibration"
+    command = [sys.executable, "-m", "qmo", "quantize", "--method", "w8a8", "--source", str(tiny_llama)]
+    command += ["--out", str(out), "--termination-log", str(log), "--calibration-dataset", str(missing)]
+    command += ["--calibration-samples", "4", "--no-eval"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    message = log.read_text()
+    assert message.startswith(f"--calibration-dataset {str(missing)!r} could not be read:"), message
+    assert "Traceback" not in message and "Traceback" not in result.stderr
+    assert not out.exists()

@@ -132,13 +132,9 @@ def run(args: argparse.Namespace) -> int:
         validate(recipe)
         command = worker_command(recipe.backend, list(args.qmo_argv))
     except RecipeError as error:
-        print(f"qmo quantize: {error}", file=sys.stderr)
-        _fail(args.termination_log, str(error))
-        return 2
+        return _fail(args.termination_log, error, 2)
     except EngineInstallError as error:
-        print(f"qmo quantize: {error}", file=sys.stderr)
-        _fail(args.termination_log, str(error))
-        return 1
+        return _fail(args.termination_log, error, 1)
     if command is not None:
         argv, environment = command
         logging.getLogger("qmo.quantizer").info("running the %s worker in %s", recipe.backend, argv[0])
@@ -150,25 +146,22 @@ def run(args: argparse.Namespace) -> int:
         try:
             options.eval_texts, options.eval_dataset = evaluation_texts(args)
         except (OSError, ValueError) as error:
-            print(f"qmo quantize: {error}", file=sys.stderr)
-            _fail(args.termination_log, str(error))
-            return 2
+            return _fail(args.termination_log, error, 2)
     try:
         summary = run_worker(options)
     except (RecipeError, SourceError) as error:
-        print(f"qmo quantize: {error}", file=sys.stderr)
-        _fail(args.termination_log, str(error))
-        return 2
+        return _fail(args.termination_log, error, 2)
     except WorkerError as error:
-        print(f"qmo quantize: {error}", file=sys.stderr)
-        _fail(args.termination_log, str(error))
-        return 1
+        return _fail(args.termination_log, error, 1)
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def _fail(path: Path | None, message: str) -> None:
-    """The reason goes to the termination message too, which the operator copies into status."""
+def _fail(path: Path | None, error: Exception, code: int) -> int:
+    """Say why on stderr and in the termination message (which the operator copies into status); ``code``
+    is the exit status: 2 refused before any work, 1 failed."""
+    print(f"qmo quantize: {error}", file=sys.stderr)
     if path is not None:
         with contextlib.suppress(OSError):
-            path.write_text(message[:4000])
+            path.write_text(str(error)[:4000])
+    return code

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,18 +18,6 @@ from pathlib import Path
 from typing import Any
 
 METHODS = ("gptq", "awq")
-# What vLLM and transformers need beside the weights; GPTQModel saves its own copy of most of these, but
-# a source whose tokenizer has no transformers class (a bare tokenizer.json) is copied as it is.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "generation_config.json",
-)
 
 
 def _number(value: Any) -> float | str:
@@ -67,7 +54,8 @@ def quantize(
     dampening: float,
     calibration: list[list[int]],
 ) -> dict[str, Any]:
-    """Quantize ``source`` with GPTQModel into ``partial`` (weights, native config.json, tokenizer files).
+    """Quantize ``source`` with GPTQModel into ``partial`` (weights, native config.json and the tokenizer
+    GPTQModel saves; ``legacy.quantize_with`` copies any tokenizer file it leaves out, for every backend).
 
     ``calibration`` holds token-id lists already cut to the sequence length. Returns what is worth
     recording: library versions, timings and GPTQModel's per-module losses.
@@ -124,9 +112,6 @@ def quantize(
             for entry in getattr(model, "quant_log", [])
             if entry.get("loss") is not None
         ]
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file() and not (partial / name).exists():
-            shutil.copy2(source / name, partial / name)
     return {
         "backend": "gptqmodel",
         "versions": {

@@ -208,13 +208,21 @@ def calibration_texts(options: Options) -> list[str]:
     elif options.calibration_dataset is not None:
         from datasets import load_dataset
 
-        dataset = load_dataset(options.calibration_dataset, split="train", streaming=True)
-        for row in dataset:
-            text = row.get("text") if isinstance(row, dict) else None
-            if isinstance(text, str) and text.strip():
-                texts.append(text)
-            if len(texts) >= recipe.calibration_samples:
-                break
+        try:
+            dataset = load_dataset(options.calibration_dataset, split="train", streaming=True)
+            for row in dataset:
+                text = row.get("text") if isinstance(row, dict) else None
+                if isinstance(text, str) and text.strip():
+                    texts.append(text)
+                if len(texts) >= recipe.calibration_samples:
+                    break
+        # datasets raises many kinds (not found, no access, HTTP, a bad file): each is the dataset's problem,
+        # said in one line in the termination message rather than as a traceback cut to its last 2 KiB.
+        except Exception as error:
+            raise WorkerError(
+                f"--calibration-dataset {options.calibration_dataset!r} could not be read:"
+                f" {type(error).__name__}: {error}"
+            ) from error
     else:
         texts = list(BUILTIN_CALIBRATION)
     if not texts:
