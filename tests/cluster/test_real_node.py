@@ -59,6 +59,11 @@ def tiny_model(**spec_changes: Any) -> dict[str, Any]:
     return model
 
 
+def parent_of(pid: int) -> int:
+    # /proc/<pid>/stat: "pid (comm) state ppid ...", and comm may hold spaces or parentheses.
+    return int((Path("/proc") / str(pid) / "stat").read_bytes().rpartition(b")")[2].split()[1])
+
+
 def pod_processes(pod_uid: str) -> list[int]:
     """Pids of live processes a pod started (the node marks each with the pod's uid)."""
     marker = f"{kubelet.POD_MARKER}={pod_uid}".encode()
@@ -119,7 +124,10 @@ def test_a_tiny_model_is_really_quantized_served_restarted_and_stopped(
     # SIGKILL vLLM: the node restarts the container, the probe readies it again.
     pids = pod_processes(pod["metadata"]["uid"])
     assert pids, "no process carries the serving pod's uid"
-    os.kill(min(pids), signal.SIGKILL)
+    # The container's own process is the one whose parent is not the pod's: pids wrap (32768 here) over a
+    # long test run, so the lowest one can be a child of vLLM's, whose death restarts nothing.
+    [main] = [pid for pid in pids if parent_of(pid) not in pids]
+    os.kill(main, signal.SIGKILL)
 
     def restarted_and_ready() -> dict[str, Any] | None:
         current = serving_pod(k)
