@@ -115,30 +115,26 @@ def generate(work: Path, python: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _uv_compile(*arguments: str | Path, cwd: Path | None = None) -> str:
+    """uv's resolution with every file's hash, for the platform every environment and image runs on
+    (CPython 3.11, x86_64 Linux)."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        raise SystemExit("uv is needed: `make venv` installs it into .venv")
+    platform = ["--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28"]
+    return _run(
+        uv, "pip", "compile", "--quiet", "--no-header", "--generate-hashes", *platform, *arguments, cwd=cwd
+    )
+
+
 def generate_worker(name: str) -> str:
     """uv's resolution of the worker's ``.in`` file, for the platform the environments and images run on."""
     from qmo.quantizer.environments import ENVS_DIR, WORKER_ENVIRONMENTS
 
     environment = WORKER_ENVIRONMENTS[name]
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    if uv is None:
-        raise SystemExit("uv is needed: `make venv` installs it into .venv")
     # Built from source on install (see LockedEnvironment.source_builds): lock their sdist, not a wheel.
     no_binary = [arg for package in environment.source_builds for arg in ("--no-binary", package)]
-    resolved = _run(
-        uv,
-        "pip",
-        "compile",
-        "--quiet",
-        "--no-header",
-        "--generate-hashes",
-        "--python-version",
-        "3.11",
-        "--python-platform",
-        "x86_64-manylinux_2_28",
-        *no_binary,
-        ENVS_DIR / f"{name}.in",
-    )
+    resolved = _uv_compile(*no_binary, ENVS_DIR / f"{name}.in")
     header = [
         f"# The {environment.title} (generated from {name}.in by",
         f"# `python -m qmo.engine.lock --worker {name}`; installed by `make worker-envs` and by its image with",
@@ -161,11 +157,7 @@ PROJECT_LOCKS = {
 
 
 def _compile_project(extras: list[str], constraints: Path | None, upgrade: bool) -> str:
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    if uv is None:
-        raise SystemExit("uv is needed: `make venv` installs it into .venv")
-    command: list[str | Path] = [uv, "pip", "compile", "--quiet", "--no-header", "--generate-hashes"]
-    command += ["--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28"]
+    command: list[str | Path] = []
     for extra in extras:
         command += ["--extra", extra]
     if constraints is not None:
@@ -174,7 +166,7 @@ def _compile_project(extras: list[str], constraints: Path | None, upgrade: bool)
         command.append("--upgrade")
     command.append(REPO / "pyproject.toml")
     # uv names the input in its "# via" lines; run from the repo so they read "pyproject.toml".
-    return _run(*command, cwd=REPO)
+    return _uv_compile(*command, cwd=REPO)
 
 
 def generate_project(*, upgrade: bool) -> None:
